@@ -1,0 +1,195 @@
+"""The model worker: claim a batch, predict it in one call, publish each result, heartbeat.
+
+Run one process per model replica, on any machine that reaches Redis:
+
+    REDIS_URL=redis://127.0.0.1:6379/0 python classify_worker.py
+
+`python run_server.py` runs the same `Worker` as a thread of the web process.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+import uuid
+
+import numpy as np
+import redis
+
+import logs
+import protocol
+import settings as settings_module
+from errors import INFERENCE_FAILED
+from settings import Settings
+
+log = logging.getLogger("gateway.worker")
+
+
+def new_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+def top_predictions(probabilities: np.ndarray, labels: tuple[str, ...], k: int) -> list[dict]:
+    """The k most probable classes of one row, most probable first."""
+    top = np.argsort(probabilities)[::-1][:k]
+    return [{"label": labels[i], "class_id": int(i), "probability": round(float(probabilities[i]), 6)}
+            for i in top]
+
+
+class Worker:
+    """Claims batches of one model's queue and answers them; `run()` until `stop()`."""
+
+    def __init__(self, config: Settings, client: redis.Redis, classifier, worker_id: str | None = None):
+        self.config = config
+        self.classifier = classifier
+        self.labels = classifier.spec.labels
+        self.queue = protocol.JobQueue(client, classifier.spec.name, config.key_prefix)
+        self.worker_id = worker_id or new_worker_id()
+        self.stopping = threading.Event()
+        self.batches = 0
+        self.jobs = 0
+        self.started_at = time.time()
+        self.batch_sizes: list[int] = []     # recent batch sizes (tests and /status read them)
+
+    # ------------------------------------------------------------------------------ main loop
+    def run(self) -> None:
+        beat = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
+        beat.start()
+        log.info("worker started", extra={"worker": self.worker_id, "model": self.queue.model})
+        backoff = 0.1
+        while not self.stopping.is_set():
+            try:
+                self.run_once(block_s=1.0)
+                backoff = 0.1
+            except redis.RedisError as exc:
+                log.warning("redis unavailable, retrying in %.1fs: %s", backoff, exc)
+                self.stopping.wait(backoff)
+                backoff = min(backoff * 2, 5.0)
+        self._release()
+        log.info("worker stopped", extra={"worker": self.worker_id})
+
+    def stop(self) -> None:
+        """Stop claiming; the batch in hand is finished, anything else claimed goes back."""
+        self.stopping.set()
+
+    def run_once(self, block_s: float = 0.0) -> int:
+        """Claim and answer one batch; returns how many jobs it held."""
+        batch = self.queue.claim(self.worker_id, self.config.batch_size, block_s)
+        if batch and len(batch) < self.config.batch_size and self.config.batch_wait_ms > 0:
+            time.sleep(self.config.batch_wait_ms / 1000)
+            batch += self.queue.claim(self.worker_id, self.config.batch_size - len(batch))
+        if batch:
+            self.process(batch)
+            self.queue.ack(self.worker_id, len(batch))
+        return len(batch)
+
+    # ---------------------------------------------------------------------------- one batch
+    def process(self, batch: list[bytes]) -> None:
+        """Predict the live jobs of a claimed batch in one call and publish every answer."""
+        started = time.perf_counter()
+        jobs, failed = self._decode(batch)
+        answered = self._predict(jobs) if jobs else []
+        cache = {job.cache_key: (result, self.config.cache_ttl) for job, result in zip(jobs, answered)
+                 if job.cache_key and result["success"] and self.config.cache_ttl > 0}
+        self.queue.publish(failed + answered, self.config.result_ttl, cache)
+        self.batches += 1
+        self.jobs += len(jobs)
+        self.batch_sizes = (self.batch_sizes + [len(jobs)])[-1000:]
+        log.info("batch done", extra={
+            "worker": self.worker_id, "batch_size": len(jobs), "claimed": len(batch),
+            "total_ms": round((time.perf_counter() - started) * 1000, 1),
+            "trace_ids": [job.trace_id for job in jobs]})
+
+    def _decode(self, batch: list[bytes]) -> tuple[list[protocol.Job], list[dict]]:
+        """Live jobs, plus error results for undecodable ones; expired jobs are dropped."""
+        jobs, results, now = [], [], time.time()
+        for raw in batch:
+            try:
+                job = protocol.Job.decode(raw)
+            except (ValueError, KeyError, TypeError) as exc:
+                job_id = protocol.peek_id(raw)
+                log.error("undecodable message %s: %s", job_id, exc)
+                if job_id:
+                    results.append(protocol.error_result(job_id, INFERENCE_FAILED.code, "the queued message was malformed"))
+                continue
+            if job.deadline < now:
+                self.queue.count("expired")
+                log.info("dropped expired job", extra={"trace_id": job.trace_id, "job": job.id})
+                continue
+            jobs.append(job)
+        return jobs, results
+
+    def _predict(self, jobs: list[protocol.Job]) -> list[dict]:
+        """One batched predict; on any failure every job gets an explicit error, never silence."""
+        try:
+            started = time.perf_counter()
+            probabilities = self.classifier.predict(np.stack([job.array for job in jobs]))
+            if len(probabilities) != len(jobs):
+                raise RuntimeError(f"model returned {len(probabilities)} rows for {len(jobs)} inputs")
+            log.debug("predict", extra={"batch_size": len(jobs),
+                                        "inference_ms": round((time.perf_counter() - started) * 1000, 1)})
+        except Exception:
+            log.exception("inference failed for a batch of %d", len(jobs))
+            return [protocol.error_result(job.id, INFERENCE_FAILED.code, "the model failed on this batch")
+                    for job in jobs]
+        return [protocol.success_result(job.id, top_predictions(row, self.labels, job.top_k))
+                for job, row in zip(jobs, probabilities)]
+
+    # --------------------------------------------------------------------- liveness, shutdown
+    def _heartbeat_loop(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                self.queue.heartbeat(self.worker_id, self.info(), self.config.heartbeat_ttl)
+                requeued, lettered, expired = self.queue.requeue_dead(
+                    self.config.heartbeat_ttl, self.config.max_attempts, self.config.result_ttl)
+                if requeued or lettered or expired:
+                    log.warning("recovered jobs of dead workers",
+                                extra={"requeued": requeued, "dead_lettered": lettered, "expired": expired})
+            except redis.RedisError as exc:
+                log.warning("heartbeat failed: %s", exc)
+            self.stopping.wait(self.config.heartbeat_interval)
+
+    def info(self) -> dict:
+        return {"model": self.queue.model, "host": socket.gethostname(), "pid": os.getpid(),
+                "batches": self.batches, "jobs": self.jobs, "started_at": round(self.started_at, 3)}
+
+    def _release(self) -> None:
+        try:
+            returned = self.queue.release(self.worker_id)
+            if returned:
+                log.info("returned %d claimed jobs to the queue", returned)
+        except redis.RedisError as exc:
+            log.warning("could not return claimed jobs (another worker will recover them): %s", exc)
+
+
+def connect(config: Settings) -> redis.Redis:
+    """A Redis client whose socket timeout outlasts the longest blocking call we make."""
+    return redis.Redis.from_url(config.redis_url, socket_connect_timeout=2.0,
+                                socket_timeout=config.request_timeout + 5, health_check_interval=15)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--redis-url", help="overrides REDIS_URL")
+    parser.add_argument("--model", help="overrides MODEL")
+    args = parser.parse_args(argv)
+    config = settings_module.load()
+    overrides = {k: v for k, v in {"redis_url": args.redis_url, "model": args.model}.items() if v}
+    config = settings_module.Settings(**{**config.__dict__, **overrides})
+    logs.setup(config)
+    if not config.redis_url:
+        parser.error("set REDIS_URL (or --redis-url): a standalone worker needs a Redis to serve")
+    import models  # heavy (TensorFlow): only the worker imports it
+    classifier = models.load_model(config.model, weights_path=config.model_weights, labels_path=config.model_labels)
+    worker = Worker(config, connect(config), classifier)
+    signal.signal(signal.SIGTERM, lambda *_: worker.stop())
+    signal.signal(signal.SIGINT, lambda *_: worker.stop())
+    worker.run()
+
+
+if __name__ == "__main__":
+    main()

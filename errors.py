@@ -1,0 +1,56 @@
+"""Every error the gateway answers with: a stable code, an HTTP status and a message.
+
+The web tier turns a GatewayError into the JSON envelope
+``{"success": false, "id": ..., "error": {"code": ..., "message": ...}}``.
+The README's error table lists the same codes; keep both in step.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ErrorCode:
+    code: str
+    status: int
+    description: str
+
+
+MISSING_IMAGE = ErrorCode("MISSING_IMAGE", 400, "the request has no `image` field")
+EMPTY_IMAGE = ErrorCode("EMPTY_IMAGE", 400, "the image field is empty")
+INVALID_BASE64 = ErrorCode("INVALID_BASE64", 400, "the JSON `image` is not valid base64")
+INVALID_PARAMETER = ErrorCode("INVALID_PARAMETER", 400, "a request parameter (such as top_k) is out of range")
+INVALID_JSON = ErrorCode("INVALID_JSON", 400, "the body is not a JSON object with a string `image`")
+IMAGE_UNREADABLE = ErrorCode("IMAGE_UNREADABLE", 400, "the bytes are not a readable image (corrupt, truncated or not an image)")
+UNSUPPORTED_FORMAT = ErrorCode("UNSUPPORTED_FORMAT", 415, "an image format the gateway does not accept")
+UNSUPPORTED_MEDIA_TYPE = ErrorCode("UNSUPPORTED_MEDIA_TYPE", 415, "send multipart/form-data or application/json")
+IMAGE_TOO_LARGE = ErrorCode("IMAGE_TOO_LARGE", 413, "the image has more pixels than MAX_IMAGE_PIXELS")
+PAYLOAD_TOO_LARGE = ErrorCode("PAYLOAD_TOO_LARGE", 413, "the request body is larger than MAX_UPLOAD_BYTES")
+UNAUTHORIZED = ErrorCode("UNAUTHORIZED", 401, "a valid API key is required (X-API-Key header)")
+NOT_FOUND = ErrorCode("NOT_FOUND", 404, "no such endpoint")
+METHOD_NOT_ALLOWED = ErrorCode("METHOD_NOT_ALLOWED", 405, "method not allowed on this endpoint")
+SERVER_BUSY = ErrorCode("SERVER_BUSY", 503, "the queue is full; retry after the Retry-After seconds")
+QUEUE_UNAVAILABLE = ErrorCode("QUEUE_UNAVAILABLE", 503, "the queue (Redis) cannot be reached")
+TIMEOUT = ErrorCode("TIMEOUT", 504, "no result within REQUEST_TIMEOUT")
+INFERENCE_FAILED = ErrorCode("INFERENCE_FAILED", 500, "the model failed on this request")
+INTERNAL_ERROR = ErrorCode("INTERNAL_ERROR", 500, "an unexpected error in the gateway")
+
+ALL_CODES = [value for value in list(globals().values()) if isinstance(value, ErrorCode)]
+
+
+class GatewayError(Exception):
+    """An error with a code from this module; raised anywhere, answered by the web tier."""
+
+    def __init__(self, error: ErrorCode, message: str | None = None, headers: dict | None = None):
+        super().__init__(message or error.description)
+        self.error = error
+        self.message = message or error.description
+        self.headers = headers or {}
+
+    @property
+    def code(self) -> str:
+        return self.error.code
+
+    @property
+    def status(self) -> int:
+        return self.error.status

@@ -1,0 +1,64 @@
+"""Prometheus metrics of both tiers, served at GET /metrics.
+
+Under gunicorn set PROMETHEUS_MULTIPROC_DIR (deploy/gunicorn.conf.py does) so that the counters of all
+web processes are summed; queue depth and live workers are read from Redis at scrape time, so every
+web server reports the same, true values. A standalone worker serves its own on METRICS_PORT.
+"""
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram,
+                               generate_latest, multiprocess)
+from prometheus_client.core import GaugeMetricFamily
+
+import protocol
+
+REQUESTS = Counter("gateway_requests_total", "HTTP requests to /predict by status code", ["status"])
+LATENCY = Histogram("gateway_request_seconds", "End-to-end /predict latency",
+                    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+RESULTS_WAITED = Counter("gateway_results_waited_total", "Results the web tier waited for and received")
+CACHE_HITS = Counter("gateway_cache_hits_total", "Requests answered from the result cache")
+TIMEOUTS = Counter("gateway_timeouts_total", "Requests that got no result within REQUEST_TIMEOUT")
+BATCH_SIZE = Histogram("gateway_batch_size", "Jobs per predict call",
+                       buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
+INFERENCE = Histogram("gateway_inference_seconds", "Model time per batch",
+                      buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
+EXPIRED = Counter("gateway_jobs_expired_total", "Jobs dropped by a worker because their deadline passed")
+
+
+class QueueCollector:
+    """Gauges read from Redis when scraped: queue depth and live workers of the model."""
+
+    def __init__(self, queue: protocol.JobQueue, heartbeat_ttl_s: float):
+        self.queue = queue
+        self.heartbeat_ttl_s = heartbeat_ttl_s
+
+    def collect(self):
+        depth = GaugeMetricFamily("gateway_queue_depth", "Jobs waiting in the model's queue", labels=["model"])
+        live = GaugeMetricFamily("gateway_live_workers", "Workers with a fresh heartbeat", labels=["model"])
+        try:
+            depth.add_metric([self.queue.model], self.queue.depth())
+            live.add_metric([self.queue.model], len(self.queue.live_workers(self.heartbeat_ttl_s)))
+        except Exception:  # a scrape while Redis is down still returns the process metrics
+            return
+        yield depth
+        yield live
+
+
+def render(queue_collector: QueueCollector) -> tuple[bytes, str]:
+    """The Prometheus text of this process (or of all gunicorn processes) plus the queue gauges."""
+    registry = CollectorRegistry()
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        multiprocess.MultiProcessCollector(registry)
+    else:
+        from prometheus_client import REGISTRY
+        registry = REGISTRY
+    body = generate_latest(registry) + generate_latest(_single(queue_collector))
+    return body, CONTENT_TYPE_LATEST
+
+
+def _single(collector) -> CollectorRegistry:
+    registry = CollectorRegistry()
+    registry.register(collector)
+    return registry

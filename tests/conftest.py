@@ -1,0 +1,138 @@
+"""Fixtures that start real services: a redis-server process, the web tier over HTTP, worker processes."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import redis
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import settings as settings_module  # noqa: E402
+from redis_server import RedisServer, free_port  # noqa: E402
+
+DATA = ROOT / "tests" / "data"
+ARTIFACTS = ROOT / "tests" / "artifacts"
+
+
+@pytest.fixture(scope="session")
+def redis_server():
+    """One real redis-server for the session; each test gets it flushed (see `redis_url`)."""
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture
+def redis_url(redis_server) -> str:
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushall()
+    client.close()
+    return redis_server.url
+
+
+@pytest.fixture
+def redis_client(redis_url):
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+def make_config(redis_url: str, **overrides) -> settings_module.Settings:
+    """Settings for a test: quick timeouts and heartbeats, no cache unless asked."""
+    values = {"redis_url": redis_url, "request_timeout": 10.0, "heartbeat_interval": 0.2,
+              "heartbeat_ttl": 1.0, "cache_ttl": 0, "log_format": "text", "log_level": "WARNING"}
+    values.update(overrides)
+    return settings_module.Settings(**values)
+
+
+def config_env(config: settings_module.Settings) -> dict[str, str]:
+    """The environment variables that reproduce `config` in a child process."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PROMETHEUS")}
+    for name, value in config.__dict__.items():
+        if value is not None:
+            env[name.upper()] = str(value)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+@pytest.fixture(scope="session")
+def classifier():
+    """The real default model, loaded once for the whole session."""
+    import models
+    return models.load_model()
+
+
+class ServerThread:
+    """The real Flask app served over HTTP on a free loopback port, in a thread of the test process."""
+
+    def __init__(self, app):
+        from werkzeug.serving import make_server
+        self.port = free_port()
+        self.server = make_server("127.0.0.1", self.port, app, threaded=True)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class WorkerThread:
+    """A real `classify_worker.Worker` running in a thread of the test process."""
+
+    def __init__(self, config, classifier, worker_id: str | None = None):
+        from classify_worker import Worker, connect
+        self.worker = Worker(config, connect(config), classifier, worker_id)
+        self.thread = threading.Thread(target=self.worker.run, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.worker.stop()
+        self.thread.join(10)
+
+
+@pytest.fixture
+def gateway_factory():
+    """Builds (web server, worker threads) for a config; stops everything after the test."""
+    started: list = []
+
+    def build(config, classifier=None, workers: int = 1):
+        from run_server import create_app
+        web = ServerThread(create_app(config))
+        started.append(web)
+        threads = [WorkerThread(config, classifier) for _ in range(workers)] if classifier else []
+        started.extend(threads)
+        return web, threads
+
+    yield build
+    for item in reversed(started):
+        item.stop()
+
+
+def start_worker_process(config, log_path: Path | None = None, extra_env: dict | None = None) -> subprocess.Popen:
+    """`python classify_worker.py` as a real child process."""
+    env = {**config_env(config), **(extra_env or {})}
+    out = open(log_path, "wb") if log_path else subprocess.DEVNULL
+    return subprocess.Popen([sys.executable, str(ROOT / "classify_worker.py")], env=env, cwd=ROOT,
+                            stdout=out, stderr=subprocess.STDOUT)
+
+
+def wait_for(predicate, timeout_s: float, interval_s: float = 0.05, message: str = "condition"):
+    """Poll `predicate` until it is truthy (returned) or fail the test after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval_s)
+    pytest.fail(f"timed out after {timeout_s}s waiting for {message}")
