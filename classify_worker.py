@@ -18,9 +18,11 @@ import time
 import uuid
 
 import numpy as np
+import prometheus_client
 import redis
 
 import logs
+import metrics
 import protocol
 import settings as settings_module
 from errors import INFERENCE_FAILED
@@ -99,6 +101,8 @@ class Worker:
         self.batches += 1
         self.jobs += len(jobs)
         self.batch_sizes = (self.batch_sizes + [len(jobs)])[-1000:]
+        if jobs:
+            metrics.BATCH_SIZE.observe(len(jobs))
         log.info("batch done", extra={
             "worker": self.worker_id, "batch_size": len(jobs), "claimed": len(batch),
             "total_ms": round((time.perf_counter() - started) * 1000, 1),
@@ -118,6 +122,7 @@ class Worker:
                 continue
             if job.deadline < now:
                 self.queue.count("expired")
+                metrics.EXPIRED.inc()
                 log.info("dropped expired job", extra={"trace_id": job.trace_id, "job": job.id})
                 continue
             jobs.append(job)
@@ -130,8 +135,7 @@ class Worker:
             probabilities = self.classifier.predict(np.stack([job.array for job in jobs]))
             if len(probabilities) != len(jobs):
                 raise RuntimeError(f"model returned {len(probabilities)} rows for {len(jobs)} inputs")
-            log.debug("predict", extra={"batch_size": len(jobs),
-                                        "inference_ms": round((time.perf_counter() - started) * 1000, 1)})
+            metrics.INFERENCE.observe(time.perf_counter() - started)
         except Exception:
             log.exception("inference failed for a batch of %d", len(jobs))
             return [protocol.error_result(job.id, INFERENCE_FAILED.code, "the model failed on this batch")
@@ -147,6 +151,8 @@ class Worker:
                 requeued, lettered, expired = self.queue.requeue_dead(
                     self.config.heartbeat_ttl, self.config.max_attempts, self.config.result_ttl)
                 if requeued or lettered or expired:
+                    for name, amount in (("requeued", requeued), ("dead_lettered", lettered), ("expired", expired)):
+                        self.queue.count(name, amount)
                     log.warning("recovered jobs of dead workers",
                                 extra={"requeued": requeued, "dead_lettered": lettered, "expired": expired})
             except redis.RedisError as exc:
@@ -186,6 +192,8 @@ def main(argv: list[str] | None = None) -> None:
     import models  # heavy (TensorFlow): only the worker imports it
     classifier = models.load_model(config.model, weights_path=config.model_weights, labels_path=config.model_labels)
     worker = Worker(config, connect(config), classifier)
+    if config.metrics_port:
+        prometheus_client.start_http_server(config.metrics_port, addr=config.host)
     signal.signal(signal.SIGTERM, lambda *_: worker.stop())
     signal.signal(signal.SIGINT, lambda *_: worker.stop())
     worker.run()

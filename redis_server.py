@@ -65,6 +65,8 @@ class RedisServer:
             try:
                 client.ping()
                 return self
+            except (redis.AuthenticationError, redis.ResponseError):
+                return self                      # it answers; it just wants a password
             except redis.ConnectionError:
                 if self.process.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"redis-server ({self.binary}) did not start on port {self.port}")

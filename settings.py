@@ -42,6 +42,7 @@ class Settings:
     # Serving.
     host: str = "127.0.0.1"
     port: int = 5000
+    metrics_port: int = 0                   # a standalone worker serves Prometheus metrics here (0: off)
     server_name: str | None = None          # X-Served-By response header; default host:port
     log_level: str = "INFO"
     log_format: str = "json"                # json (one object per line) or text

@@ -1,0 +1,178 @@
+"""The gateway end to end over HTTP: real redis-server, real Flask server, real model, real photos."""
+from __future__ import annotations
+
+import base64
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import requests
+from PIL import Image
+
+import imaging
+from conftest import DATA, ROOT, config_env, make_config, wait_for
+from redis_server import free_port
+
+# What the default model answers for the photos in tests/data (see tests/data/README.md).
+EXPECTED = {"cat.jpg": {"Egyptian_cat", "tabby", "tiger_cat"}, "coffee.jpg": {"espresso", "cup"}}
+
+
+def post_file(url: str, path, **kwargs) -> requests.Response:
+    with open(path, "rb") as image:
+        return requests.post(f"{url}/predict", files={"image": image}, timeout=30, **kwargs)
+
+
+def variants(count: int) -> list[bytes]:
+    """Distinct JPEGs made from the test photos (crops and flips), so no two requests are alike."""
+    photos = sorted(DATA.glob("*.jpg"))
+    out = []
+    for i in range(count):
+        image = Image.open(photos[i % len(photos)]).convert("RGB")
+        w, h = image.size
+        shift = (i // len(photos)) * 7
+        image = image.crop((shift, shift, w - shift, h - shift))
+        if (i // len(photos)) % 2:
+            image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        buffer = io.BytesIO()
+        image.save(buffer, "JPEG", quality=90)
+        out.append(buffer.getvalue())
+    return out
+
+
+def expected_top(classifier, data: bytes) -> tuple[int, float]:
+    spec = classifier.spec
+    array = imaging.prepare_image(data, size=spec.input_size, crop_fraction=spec.crop_fraction,
+                                  resample=spec.resample, max_pixels=10**8)
+    probabilities = classifier.predict(array[None])[0]
+    return int(np.argmax(probabilities)), float(np.max(probabilities))
+
+
+class CountingClassifier:
+    """The real classifier, counting the rows it predicts (to prove nothing is predicted twice)."""
+
+    def __init__(self, classifier):
+        self.classifier = classifier
+        self.spec = classifier.spec
+        self.rows = 0
+
+    def predict(self, batch):
+        self.rows += len(batch)
+        return self.classifier.predict(batch)
+
+
+def test_a_real_photo_gets_the_right_label(redis_url, classifier, gateway_factory):
+    web, _ = gateway_factory(make_config(redis_url), classifier)
+    response = post_file(web.url, DATA / "cat.jpg")
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["success"] is True and body["model"] == "efficientnet_lite0"
+    uuid.UUID(body["id"])
+    assert len(body["predictions"]) == 5
+    assert body["predictions"][0]["label"] in EXPECTED["cat.jpg"]
+    assert body["predictions"][0]["class_id"] in (281, 282, 285)
+    probabilities = [p["probability"] for p in body["predictions"]]
+    assert probabilities == sorted(probabilities, reverse=True) and 0 < sum(probabilities) <= 1.0001
+    assert response.headers["X-Request-ID"]
+
+
+def test_json_base64_upload_and_top_k(redis_url, classifier, gateway_factory):
+    web, _ = gateway_factory(make_config(redis_url), classifier)
+    encoded = base64.b64encode((DATA / "coffee.jpg").read_bytes()).decode()
+    response = requests.post(f"{web.url}/predict", json={"image": encoded, "top_k": 3}, timeout=30)
+    assert response.status_code == 200, response.text
+    predictions = response.json()["predictions"]
+    assert len(predictions) == 3 and predictions[0]["label"] in EXPECTED["coffee.jpg"]
+
+
+def test_fifty_concurrent_requests_each_get_their_own_answer(redis_url, classifier, gateway_factory):
+    web, [worker] = gateway_factory(make_config(redis_url), classifier)
+    images = variants(50)
+    expected = [expected_top(classifier, data) for data in images]
+
+    def post(data: bytes):
+        return requests.post(f"{web.url}/predict", files={"image": ("x.jpg", data)}, timeout=60).json()
+
+    with ThreadPoolExecutor(50) as pool:
+        bodies = list(pool.map(post, images))
+    for body, (class_id, probability) in zip(bodies, expected):
+        assert body["success"], body
+        assert body["predictions"][0]["class_id"] == class_id
+        assert body["predictions"][0]["probability"] == pytest.approx(probability, abs=2e-3)
+    assert len({body["id"] for body in bodies}) == 50
+    assert max(worker.worker.batch_sizes) > 1           # concurrency really was batched
+
+
+def test_two_workers_on_one_queue_answer_every_job_exactly_once(redis_url, classifier, gateway_factory):
+    counting = CountingClassifier(classifier)
+    web, workers = gateway_factory(make_config(redis_url, batch_size=4), counting, workers=2)
+    images = variants(40)
+    with ThreadPoolExecutor(20) as pool:
+        statuses = list(pool.map(lambda data: requests.post(
+            f"{web.url}/predict", files={"image": ("x.jpg", data)}, timeout=60).status_code, images))
+    assert statuses == [200] * 40
+    assert counting.rows == 40                          # the model saw each job once
+    assert sum(w.worker.jobs for w in workers) == 40
+    assert all(w.worker.jobs > 0 for w in workers)      # both workers shared the queue
+
+
+def test_no_worker_means_504_within_the_timeout(redis_url, gateway_factory):
+    web, _ = gateway_factory(make_config(redis_url, request_timeout=1.5))
+    started = time.monotonic()
+    response = post_file(web.url, DATA / "cat.jpg")
+    elapsed = time.monotonic() - started
+    assert response.status_code == 504
+    assert response.json()["success"] is False and response.json()["error"]["code"] == "TIMEOUT"
+    assert 1.4 <= elapsed <= 1.5 + 1.0
+
+
+def test_float32_wire_dtype_gives_the_same_answer(redis_url, classifier, gateway_factory):
+    web, _ = gateway_factory(make_config(redis_url, wire_dtype="float32"), classifier)
+    body = post_file(web.url, DATA / "cat.jpg").json()
+    class_id, probability = expected_top(classifier, (DATA / "cat.jpg").read_bytes())
+    assert body["predictions"][0]["class_id"] == class_id
+    assert body["predictions"][0]["probability"] == pytest.approx(probability, abs=1e-4)
+
+
+def test_client_script_prints_ranked_labels_and_fails_on_errors(redis_url, classifier, gateway_factory, tmp_path):
+    web, _ = gateway_factory(make_config(redis_url), classifier)
+    client = [sys.executable, str(ROOT / "simple_request.py"), "--url", f"{web.url}/predict"]
+    ok = subprocess.run(client + [str(DATA / "cat.jpg")], capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0, ok.stderr
+    first = ok.stdout.splitlines()[0]
+    assert first.startswith("1. ") and first.split(": ")[0][3:] in EXPECTED["cat.jpg"]
+    assert len(ok.stdout.splitlines()) == 5
+    (tmp_path / "notes.txt").write_text("not an image")
+    bad = subprocess.run(client + [str(tmp_path / "notes.txt")], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 1 and "IMAGE_UNREADABLE" in bad.stdout
+
+
+def test_one_command_default_runs_embedded_redis_and_a_worker(tmp_path):
+    port = free_port()
+    env = {**config_env(make_config(None)), "PORT": str(port)}
+    env.pop("REDIS_URL", None)
+    server = subprocess.Popen([sys.executable, str(ROOT / "run_server.py")], env=env, cwd=ROOT,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        def ready():
+            try:
+                return requests.get(f"{url}/readyz", timeout=2).status_code == 200
+            except requests.ConnectionError:
+                assert server.poll() is None, server.stdout.read().decode()
+                return False
+        wait_for(ready, 120, 0.25, "the embedded gateway to be ready")
+        response = post_file(url, DATA / "cat.jpg")
+        assert response.status_code == 200
+        assert response.json()["predictions"][0]["label"] in EXPECTED["cat.jpg"]
+    finally:
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(30) == 0
+    children = subprocess.run(["pgrep", "-P", str(server.pid)], capture_output=True, text=True).stdout
+    assert children == ""                               # the embedded redis-server is gone too
