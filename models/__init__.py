@@ -1,0 +1,13 @@
+"""Model registry: the default EfficientNet-Lite0, keras.applications models and .keras files.
+
+get_spec and known_models are cheap (no TensorFlow/Keras import) for the web tier; load_model
+builds a Classifier for the worker.
+"""
+
+from models.classifier import Classifier
+from models.errors import ModelError, ModelNotFoundError, WeightsError
+from models.loading import load_model
+from models.spec import ModelSpec, get_spec, known_models
+
+__all__ = ["Classifier", "ModelError", "ModelNotFoundError", "ModelSpec", "WeightsError",
+           "get_spec", "known_models", "load_model"]
