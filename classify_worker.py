@@ -42,6 +42,41 @@ def top_predictions(probabilities: np.ndarray, labels: tuple[str, ...], k: int) 
             for i in top]
 
 
+class Claimed:
+    """Jobs claimed from Redis and decoded ahead of the model, oldest first.
+
+    A claim thread fills it while the model predicts the previous batch, so the next batch is
+    deserialised by the time the model is free. It holds at most one batch, so a worker never
+    hoards jobs that another worker could serve.
+    """
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self.items: list = []           # protocol.Job, or an error result for an undecodable message
+        self.changed = threading.Condition()
+
+    def room(self, timeout_s: float) -> int:
+        """Wait until there is room for more; how much."""
+        with self.changed:
+            self.changed.wait_for(lambda: len(self.items) < self.capacity, timeout_s)
+            return self.capacity - len(self.items)
+
+    def add(self, items: list) -> None:
+        with self.changed:
+            self.items += items
+            self.changed.notify_all()
+
+    def take(self, count: int, timeout_s: float, more_within_s: float = 0.0) -> list:
+        """Up to `count` oldest items; waits `timeout_s` for the first, `more_within_s` for the rest."""
+        with self.changed:
+            self.changed.wait_for(lambda: self.items, timeout_s)
+            if self.items and more_within_s > 0:
+                self.changed.wait_for(lambda: len(self.items) >= count, more_within_s)
+            taken, self.items = self.items[:count], self.items[count:]
+            self.changed.notify_all()
+            return taken
+
+
 class Worker:
     """Claims batches of one model's queue and answers them; `run()` until `stop()`."""
 
@@ -51,6 +86,7 @@ class Worker:
         self.labels = classifier.spec.labels
         self.queue = protocol.JobQueue(client, classifier.spec.name, config.key_prefix)
         self.worker_id = worker_id or new_worker_id()
+        self.claimed = Claimed(config.batch_size)
         self.stopping = threading.Event()
         self.batches = 0
         self.jobs = 0
@@ -59,18 +95,13 @@ class Worker:
 
     # ------------------------------------------------------------------------------ main loop
     def run(self) -> None:
-        beat = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
-        beat.start()
+        """Predict batches until stopped; claiming and heartbeats run in their own threads."""
+        threads = [threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True),
+                   threading.Thread(target=self._claim_loop, name="claim", daemon=True)]
+        [thread.start() for thread in threads]
         log.info("worker started", extra={"worker": self.worker_id, "model": self.queue.model})
-        backoff = 0.1
-        while not self.stopping.is_set():
-            try:
-                self.run_once(block_s=1.0)
-                backoff = 0.1
-            except redis.RedisError as exc:
-                log.warning("redis unavailable, retrying in %.1fs: %s", backoff, exc)
-                self.stopping.wait(backoff)
-                backoff = min(backoff * 2, 5.0)
+        self._retrying(self._predict_once)
+        threads[1].join()
         self._release()
         log.info("worker stopped", extra={"worker": self.worker_id})
 
@@ -78,22 +109,43 @@ class Worker:
         """Stop claiming; the batch in hand is finished, anything else claimed goes back."""
         self.stopping.set()
 
-    def run_once(self, block_s: float = 0.0) -> int:
-        """Claim and answer one batch; returns how many jobs it held."""
-        batch = self.queue.claim(self.worker_id, self.config.batch_size, block_s)
-        if batch and len(batch) < self.config.batch_size and self.config.batch_wait_ms > 0:
-            time.sleep(self.config.batch_wait_ms / 1000)
-            batch += self.queue.claim(self.worker_id, self.config.batch_size - len(batch))
+    def _retrying(self, step) -> None:
+        """Run `step` until stopped, backing off while Redis is unreachable."""
+        backoff = 0.1
+        while not self.stopping.is_set():
+            try:
+                step()
+                backoff = 0.1
+            except redis.RedisError as exc:
+                log.warning("redis unavailable, retrying in %.1fs: %s", backoff, exc)
+                self.stopping.wait(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    def _claim_loop(self) -> None:
+        def claim_once():
+            room = self.claimed.room(timeout_s=0.5)
+            if room:
+                self.claimed.add([self._decode(raw) for raw in self.queue.claim(self.worker_id, room, 0.5)])
+        self._retrying(claim_once)
+
+    def _predict_once(self) -> None:
+        wait_s = self.config.batch_wait_ms / 1000 if self._under_load() else 0.0
+        batch = self.claimed.take(self.config.batch_size, timeout_s=0.5, more_within_s=wait_s)
         if batch:
             self.process(batch)
             self.queue.ack(self.worker_id, len(batch))
-        return len(batch)
+
+    def _under_load(self) -> bool:
+        """Waiting for a fuller batch pays only when recent batches were not single jobs."""
+        return self.config.batch_wait_ms > 0 and bool(self.batch_sizes) and max(self.batch_sizes[-4:]) > 1
 
     # ---------------------------------------------------------------------------- one batch
-    def process(self, batch: list[bytes]) -> None:
+    def process(self, batch: list) -> None:
         """Predict the live jobs of a claimed batch in one call and publish every answer."""
         started = time.perf_counter()
-        jobs, failed = self._decode(batch)
+        now = time.time()
+        failed = [item for item in batch if isinstance(item, dict) and item["id"]]
+        jobs = [item for item in batch if isinstance(item, protocol.Job) and not self._expired(item, now)]
         answered = self._predict(jobs) if jobs else []
         cache = {job.cache_key: (result, self.config.cache_ttl) for job, result in zip(jobs, answered)
                  if job.cache_key and result["success"] and self.config.cache_ttl > 0}
@@ -108,25 +160,23 @@ class Worker:
             "total_ms": round((time.perf_counter() - started) * 1000, 1),
             "trace_ids": [job.trace_id for job in jobs]})
 
-    def _decode(self, batch: list[bytes]) -> tuple[list[protocol.Job], list[dict]]:
-        """Live jobs, plus error results for undecodable ones; expired jobs are dropped."""
-        jobs, results, now = [], [], time.time()
-        for raw in batch:
-            try:
-                job = protocol.Job.decode(raw)
-            except (ValueError, KeyError, TypeError) as exc:
-                job_id = protocol.peek_id(raw)
-                log.error("undecodable message %s: %s", job_id, exc)
-                if job_id:
-                    results.append(protocol.error_result(job_id, INFERENCE_FAILED.code, "the queued message was malformed"))
-                continue
-            if job.deadline < now:
-                self.queue.count("expired")
-                metrics.EXPIRED.inc()
-                log.info("dropped expired job", extra={"trace_id": job.trace_id, "job": job.id})
-                continue
-            jobs.append(job)
-        return jobs, results
+    def _decode(self, raw: bytes):
+        """The Job of a message, or an error result for its client when it does not decode."""
+        try:
+            return protocol.Job.decode(raw)
+        except (ValueError, KeyError, TypeError) as exc:
+            job_id = protocol.peek_id(raw)
+            log.error("undecodable message %s: %s", job_id, exc)
+            return protocol.error_result(job_id or "", INFERENCE_FAILED.code, "the queued message was malformed")
+
+    def _expired(self, job: protocol.Job, now: float) -> bool:
+        """Nobody waits for a job past its deadline: drop it instead of spending the model on it."""
+        if job.deadline >= now:
+            return False
+        self.queue.count("expired")
+        metrics.EXPIRED.inc()
+        log.info("dropped expired job", extra={"trace_id": job.trace_id, "job": job.id})
+        return True
 
     def _predict(self, jobs: list[protocol.Job]) -> list[dict]:
         """One batched predict; on any failure every job gets an explicit error, never silence."""
