@@ -1,0 +1,30 @@
+"""The README stays true: every error code and every setting is documented."""
+from dataclasses import fields
+
+import errors
+import settings
+from conftest import ROOT
+
+README = (ROOT / "README.md").read_text()
+
+
+def test_every_error_code_is_in_the_readme_with_its_status():
+    for error in errors.ALL_CODES:
+        assert f"| `{error.code}` | {error.status} |" in README, error.code
+
+
+def test_every_setting_is_in_the_readme():
+    for field in fields(settings.Settings):
+        assert f"| `{field.name.upper()}` |" in README, field.name
+
+
+def test_settings_are_read_from_the_environment_and_validated():
+    loaded = settings.load({"BATCH_SIZE": "8", "REQUEST_TIMEOUT": "2.5", "API_KEY": "k"})
+    assert (loaded.batch_size, loaded.request_timeout, loaded.api_key) == (8, 2.5, "k")
+    for bad in ({"WIRE_DTYPE": "int64"}, {"BATCH_SIZE": "0"}, {"TOP_K": "50"}):
+        try:
+            settings.load(bad)
+        except ValueError as exc:
+            assert list(bad)[0] in str(exc)
+        else:
+            raise AssertionError(f"{bad} was accepted")
