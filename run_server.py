@@ -13,6 +13,8 @@ import hmac
 import logging
 import os
 import re
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")   # before TensorFlow loads: no C++ info chatter
 import signal
 import threading
 import time
@@ -285,27 +287,31 @@ def main(argv: list[str] | None = None) -> None:
         embedded = RedisServer(config.redis_server_bin).start()
         config = settings_module.Settings(**{**config.__dict__, "redis_url": embedded.url})
         log.info("embedded redis-server started at %s", embedded.url)
-    worker = None if args.no_worker else start_worker_thread(config)
+    worker, worker_thread = (None, None) if args.no_worker else start_worker_thread(config)
     try:
         serve(create_app(config), config)
     finally:
         if worker:
             worker.stop()
+            worker_thread.join(config.request_timeout)
         if embedded:
             embedded.close()
 
 
 def start_worker_thread(config: Settings):
+    """The model worker as a thread of this process (the embedded default)."""
     from classify_worker import Worker, connect
     classifier = models.load_model(config.model, weights_path=config.model_weights, labels_path=config.model_labels)
     worker = Worker(config, connect(config), classifier)
-    threading.Thread(target=worker.run, name="worker", daemon=True).start()
-    return worker
+    thread = threading.Thread(target=worker.run, name="worker", daemon=True)
+    thread.start()
+    return worker, thread
 
 
 def serve(app: Flask, config: Settings) -> None:
     """Serve with a threaded WSGI server until SIGINT/SIGTERM, then let requests in flight finish."""
     from werkzeug.serving import make_server
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)   # our own line per request says more
     server = make_server(config.host, config.port, app, threaded=True)
     stop = lambda *_: threading.Thread(target=server.shutdown, daemon=True).start()  # noqa: E731
     signal.signal(signal.SIGTERM, stop)
