@@ -34,6 +34,9 @@ QUEUE_UNAVAILABLE = ErrorCode("QUEUE_UNAVAILABLE", 503, "the queue (Redis) canno
 TIMEOUT = ErrorCode("TIMEOUT", 504, "no result within REQUEST_TIMEOUT")
 INFERENCE_FAILED = ErrorCode("INFERENCE_FAILED", 500, "the model failed on this request")
 INTERNAL_ERROR = ErrorCode("INTERNAL_ERROR", 500, "an unexpected error in the gateway")
+# Answered by nginx itself (deploy/nginx.conf.template), never by the app.
+UPSTREAM_UNAVAILABLE = ErrorCode("UPSTREAM_UNAVAILABLE", 502, "no web server could be reached (answered by nginx)")
+UPSTREAM_TIMEOUT = ErrorCode("UPSTREAM_TIMEOUT", 504, "the web server did not answer in time (answered by nginx)")
 
 ALL_CODES = [value for value in list(globals().values()) if isinstance(value, ErrorCode)]
 

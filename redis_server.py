@@ -43,8 +43,9 @@ class RedisServer:
     """Starts redis-server on loopback with no persistence; `stop()` (or the context exit) ends it."""
 
     def __init__(self, binary: str | None = None, port: int | None = None, host: str = "127.0.0.1",
-                 extra_args: tuple[str, ...] = ()):
+                 extra_args: tuple[str, ...] = (), new_session: bool = False):
         self.binary = find_binary(binary)
+        self.new_session = new_session   # own session: a terminal's Ctrl-C reaches the launcher, not Redis
         self.host = host
         self.port = port or free_port(host)
         self.extra_args = extra_args
@@ -58,7 +59,8 @@ class RedisServer:
     def start(self, timeout_s: float = 10.0) -> "RedisServer":
         args = [self.binary, "--port", str(self.port), "--bind", self.host, "--save", "",
                 "--appendonly", "no", "--dir", self.workdir, "--protected-mode", "yes", *self.extra_args]
-        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                        start_new_session=self.new_session)
         client = redis.Redis(host=self.host, port=self.port, socket_connect_timeout=0.5)
         deadline = time.monotonic() + timeout_s
         while True:

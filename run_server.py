@@ -267,7 +267,9 @@ def to_wire(array: np.ndarray, dtype: str) -> np.ndarray:
 def __getattr__(name: str):
     """`gunicorn run_server:app` builds the app from the environment on first access."""
     if name == "app":
-        globals()["app"] = create_app()
+        config = settings_module.load()
+        logs.setup(config)
+        globals()["app"] = create_app(config)
         return globals()["app"]
     raise AttributeError(name)
 

@@ -63,7 +63,8 @@ class CountingClassifier:
         self.rows = 0
 
     def predict(self, batch):
-        self.rows += len(batch)
+        if batch.any():                                 # not the worker's all-zero warm-up call
+            self.rows += len(batch)
         return self.classifier.predict(batch)
 
 

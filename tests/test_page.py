@@ -1,0 +1,236 @@
+"""The web page end to end: Debian's headless chromium, driven by Playwright, against a real gateway.
+
+Playwright (PyPI) only drives the browser here: it is launched from /usr/bin/chromium (the Debian
+package), never from a browser that `playwright install` downloads. Without chromium these tests FAIL.
+Screenshots go to tests/artifacts/.
+"""
+from __future__ import annotations
+
+import base64
+import os
+import re
+import shutil
+
+import pytest
+
+from conftest import ARTIFACTS, DATA, ServerThread, WorkerThread, make_config
+
+try:
+    from playwright.sync_api import expect, sync_playwright
+except ImportError as exc:  # a missing driver is a broken setup, not a reason to skip
+    raise ImportError("the page tests need Playwright: pip install -r requirements-dev.txt") from exc
+
+CHROMIUM = os.environ.get("CHROMIUM_BIN") or shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CAT_LABELS = {"Egyptian cat", "tabby", "tiger cat"}   # top-1 of the default model on cat.jpg
+PERCENT = re.compile(r"^(\d{1,3}\.\d|<0\.1)%$")
+RESULT_TIMEOUT_MS = 60_000    # the first prediction of a session warms the model up
+DESKTOP = {"width": 1280, "height": 900}
+PHONE = {"width": 375, "height": 812}
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not os.path.isfile(CHROMIUM) or not os.access(CHROMIUM, os.X_OK):
+        pytest.fail(f"chromium not found at {CHROMIUM!r}: install Debian's `chromium` package "
+                    "(apt-get install chromium) or set CHROMIUM_BIN", pytrace=False)
+    with sync_playwright() as playwright:
+        # launch() gives every browser a fresh temporary --user-data-dir of its own.
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def new_page(browser):
+    """Pages in fresh browser contexts (own localStorage), closed after the test."""
+    contexts = []
+
+    def make(viewport=DESKTOP):
+        context = browser.new_context(viewport=viewport)
+        context.set_default_timeout(15_000)
+        contexts.append(context)
+        page = context.new_page()
+        page.on("pageerror", lambda error: page_errors.append(str(error)))
+        return page
+
+    page_errors: list[str] = []
+    yield make
+    for context in contexts:
+        context.close()
+    assert not page_errors, f"JavaScript errors on the page: {page_errors}"
+
+
+def screenshot(page, name: str) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / name), full_page=True)
+
+
+def card(page, file_name: str):
+    return page.locator("li.card").filter(has=page.locator(".file-name", has_text=file_name))
+
+
+def finished_card(page, file_name: str):
+    found = card(page, file_name)
+    expect(found).to_have_attribute("aria-busy", "false", timeout=RESULT_TIMEOUT_MS)
+    return found
+
+
+def assert_cat_result(page, cat) -> None:
+    expect(cat).to_have_class(re.compile(r"\bdone\b"))
+    labels = cat.locator(".prediction .label").all_inner_texts()
+    values = cat.locator(".prediction .value").all_inner_texts()
+    assert len(labels) == 5 and len(values) == 5, (labels, values)
+    assert labels[0] in CAT_LABELS, labels
+    assert all(PERCENT.match(value) for value in values), values
+    assert "_" not in " ".join(labels), labels
+    assert re.search(r"\d+ ms", cat.locator(".meta").inner_text())
+
+
+def not_an_image() -> list[dict]:
+    return [{"name": "notes.txt", "mimeType": "text/plain", "buffer": b"this is a shopping list, not a photo\n"},
+            {"name": "fake.jpg", "mimeType": "image/jpeg", "buffer": b"plain text pretending to be a JPEG"}]
+
+
+def test_photo_shows_its_labels(redis_url, classifier, gateway_factory, new_page):
+    web, _ = gateway_factory(make_config(redis_url), classifier)
+    page = new_page()
+    page.goto(web.url + "/")
+    expect(page).to_have_title("Image recognition")
+    photos = [DATA / name for name in ("cat.jpg", "coffee.jpg", "motorcycle.jpg", "rocket.jpg", "astronaut.jpg")]
+    page.set_input_files("#file-input", [str(path) for path in photos])   # 5 files: one waits for a slot
+    for path in photos:
+        finished_card(page, path.name)
+    cat = card(page, "cat.jpg")
+    assert_cat_result(page, cat)
+    assert page.locator("li.card.done").count() == len(photos)
+    expect(cat.locator(".thumb img")).to_have_js_property("complete", True)
+    assert cat.locator(".thumb img").evaluate("img => img.naturalWidth") > 0
+    expect(page.locator("#announcer")).to_contain_text(re.compile(r"cat\.jpg: (Egyptian cat|tabby|tiger cat), "))
+    screenshot(page, "page-result.png")
+
+
+def test_non_image_shows_a_readable_error(redis_url, classifier, gateway_factory, new_page):
+    web, _ = gateway_factory(make_config(redis_url), classifier)
+    page = new_page()
+    page.goto(web.url + "/")
+    page.set_input_files("#file-input", not_an_image())
+    for name in ("notes.txt", "fake.jpg"):
+        failed = finished_card(page, name)
+        expect(failed).to_have_class(re.compile(r"\bfailed\b"))
+        expect(failed.locator(".error-code code")).to_have_text("IMAGE_UNREADABLE")
+        expect(failed.locator(".error-message")).to_contain_text("could not be read as an image")
+        expect(failed.locator(".no-preview")).to_be_visible()
+    expect(page.locator("#announcer")).to_contain_text("notes.txt: could not be classified")
+    screenshot(page, "page-error.png")
+
+
+def test_api_key_field(redis_url, classifier, gateway_factory, new_page):
+    web, _ = gateway_factory(make_config(redis_url, api_key="s3cret"), classifier)
+    page = new_page()
+    page.goto(web.url + "/")
+    page.set_input_files("#file-input", str(DATA / "cat.jpg"))
+    refused = finished_card(page, "cat.jpg")
+    expect(refused.locator(".error-code code")).to_have_text("UNAUTHORIZED")
+    expect(refused.locator(".error-message")).to_contain_text("API key")
+    screenshot(page, "page-unauthorized.png")
+
+    page.get_by_label("API key").fill("s3cret")
+    refused.get_by_role("button", name="Try cat.jpg again").click()
+    assert_cat_result(page, finished_card(page, "cat.jpg"))
+    assert page.evaluate("Object.keys(localStorage).length") == 0, "the key was stored without the box ticked"
+
+    # A new upload with the key typed in succeeds directly; ticking the box keeps it across reloads.
+    page.get_by_label("Remember the key in this browser").check()
+    page.reload()
+    expect(page.get_by_label("API key")).to_have_value("s3cret")
+    page.set_input_files("#file-input", str(DATA / "cat.jpg"))
+    assert_cat_result(page, finished_card(page, "cat.jpg"))
+    page.get_by_label("Remember the key in this browser").uncheck()
+    assert page.evaluate("Object.keys(localStorage).length") == 0
+
+
+def test_phone_width_has_no_horizontal_scroll(redis_url, classifier, gateway_factory, new_page):
+    web, _ = gateway_factory(make_config(redis_url), classifier)
+    page = new_page(PHONE)
+    page.goto(web.url + "/")
+    long_name = "a_photo_with_a_very_long_file_name_that_has_no_spaces_at_all_2024-01-01.txt"
+    page.set_input_files("#file-input", [
+        {"name": "cat.jpg", "mimeType": "image/jpeg", "buffer": (DATA / "cat.jpg").read_bytes()},
+        {"name": long_name, "mimeType": "text/plain", "buffer": b"not an image"}])
+    assert_cat_result(page, finished_card(page, "cat.jpg"))
+    finished_card(page, long_name)
+    scroll_width = page.evaluate("document.scrollingElement.scrollWidth")
+    assert scroll_width <= PHONE["width"], f"the page is {scroll_width}px wide at a {PHONE['width']}px viewport"
+    screenshot(page, "page-phone.png")
+
+
+def test_keyboard_and_drag_and_drop(redis_url, classifier, gateway_factory, new_page):
+    web, _ = gateway_factory(make_config(redis_url), classifier)
+    page = new_page()
+    # Subscribing turns on file-chooser interception without waiting for it: do it well before the key press.
+    page.on("filechooser", lambda chooser: None)
+    page.goto(web.url + "/")
+    # Every control has an accessible name.
+    for name in ("Choose images", "API key", "Remember the key in this browser"):
+        expect(page.get_by_label(name)).to_have_count(1)
+    # The drop zone is a keyboard-reachable button that opens the file chooser.
+    drop_zone = page.get_by_role("button", name="Drop images here")
+    drop_zone.focus()
+    with page.expect_file_chooser() as chooser:
+        page.keyboard.press("Enter")
+    chooser.value.set_files(str(DATA / "coffee.jpg"))
+    expect(finished_card(page, "coffee.jpg")).to_have_class(re.compile(r"\bdone\b"))
+    # Dropping a file on the zone uploads it.
+    cat_b64 = base64.b64encode((DATA / "cat.jpg").read_bytes()).decode()
+    transfer = page.evaluate_handle("""(b64) => {
+        const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
+        const transfer = new DataTransfer();
+        transfer.items.add(new File([bytes], "dropped-cat.jpg", {type: "image/jpeg"}));
+        return transfer;
+    }""", cat_b64)
+    drop_zone.dispatch_event("dragenter", {"dataTransfer": transfer})
+    drop_zone.dispatch_event("drop", {"dataTransfer": transfer})
+    assert_cat_result(page, finished_card(page, "dropped-cat.jpg"))
+
+
+def test_network_and_proxy_failures(redis_url, gateway_factory, new_page):
+    web, _ = gateway_factory(make_config(redis_url))
+    page = new_page()
+    page.goto(web.url + "/")
+    page.route("**/predict", lambda route: route.abort("connectionrefused"))
+    page.set_input_files("#file-input", str(DATA / "cat.jpg"))
+    expect(finished_card(page, "cat.jpg").locator(".error-code code")).to_have_text("NETWORK_ERROR")
+    page.unroute("**/predict")
+    page.route("**/predict", lambda route: route.fulfill(
+        status=502, content_type="text/html", body="<html><body><h1>502 Bad Gateway</h1>nginx</body></html>"))
+    page.set_input_files("#file-input", str(DATA / "coffee.jpg"))
+    proxied = finished_card(page, "coffee.jpg")
+    expect(proxied.locator(".error-code code")).to_have_text("BAD_GATEWAY")
+    expect(proxied.locator(".error-message")).to_contain_text("proxy")
+
+
+def test_page_works_under_a_path_prefix(redis_url, classifier, new_page):
+    """Behind nginx at /gateway/ the page's relative URLs (static files, `predict`) stay under the prefix."""
+    from werkzeug.exceptions import NotFound
+    from werkzeug.middleware.dispatcher import DispatcherMiddleware
+
+    from run_server import create_app
+    config = make_config(redis_url)
+    web = ServerThread(DispatcherMiddleware(NotFound(), {"/gateway": create_app(config)}))
+    worker = WorkerThread(config, classifier)
+    try:
+        page = new_page()
+        requests_seen: list[str] = []
+        page.on("request", lambda request: requests_seen.append(request.url))
+        page.goto(web.url + "/gateway/")
+        page.set_input_files("#file-input", str(DATA / "cat.jpg"))
+        assert_cat_result(page, finished_card(page, "cat.jpg"))
+        assert f"{web.url}/gateway/predict" in requests_seen
+        assert all(url.startswith(f"{web.url}/gateway/") for url in requests_seen
+                   if url.startswith("http")), requests_seen
+    finally:
+        worker.stop()
+        web.stop()
+
