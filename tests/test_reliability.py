@@ -9,6 +9,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import pytest
 import redis
 import requests
@@ -62,15 +63,26 @@ def test_kill_9_of_a_worker_mid_batch_loses_no_request(redis_url, redis_client, 
             process.wait()
 
 
-def test_sigterm_returns_claimed_jobs_and_exits(redis_url, redis_client, classifier):
-    config = make_config(redis_url, batch_size=1)
-    worker = WorkerThread(config, CountingClassifier(classifier), "graceful")
+def test_sigterm_finishes_the_batch_returns_the_rest_and_exits(redis_url, redis_client, classifier):
+    config = make_config(redis_url, batch_size=2)
     queue = protocol.JobQueue(redis_client, classifier.spec.name, config.key_prefix)
-    wait_for(lambda: "graceful" in queue.live_workers(5), 10)
-    worker.stop()
-    assert not worker.thread.is_alive()
-    assert "graceful" not in queue.live_workers(5)           # it left the worker set at once
-    assert not redis_client.exists(queue.keys.processing("graceful"))
+    ARTIFACTS.mkdir(exist_ok=True)
+    worker = start_worker_process(config, ARTIFACTS / "worker-sigterm.log")
+    try:
+        worker_id = wait_for(lambda: queue.live_workers(5), 120, 0.2, "the worker process")[0]
+        for data in variants(12):
+            array = np.asarray(Image.open(io.BytesIO(data)).convert("RGB").resize((224, 224)))
+            queue.enqueue(protocol.Job(id=protocol.new_job_id(), model=queue.model,
+                                       deadline=time.time() + 60, array=array), limit=100)
+        wait_for(lambda: redis_client.llen(queue.keys.processing(worker_id)) > 0, 30, 0.005, "a claimed batch")
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(30) == 0
+    finally:
+        worker.kill()
+    assert not redis_client.exists(queue.keys.processing(worker_id))   # nothing left claimed
+    assert worker_id not in queue.live_workers(5)                      # it left the worker set
+    answered = len(redis_client.keys(queue.keys.result("*")))
+    assert answered + queue.depth() == 12      # each job was finished, or is back in the queue
 
 
 def test_expired_jobs_are_dropped_not_predicted(redis_url, redis_client, classifier, gateway_factory):
