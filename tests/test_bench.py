@@ -1,0 +1,217 @@
+"""The benchmark's pieces, cheaply: the closed-loop load generator against a tiny local HTTP server,
+the photo pool, and the report (JSON keys, table, PNG) on a fake result. No timing assertions."""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import imaging
+from bench import loadgen, report
+from redis_server import free_port
+
+
+class FakeGateway:
+    """Speaks the /predict contract; counts requests, connections and the most requests in flight.
+
+    Each request waits (up to hold_s) until `expect_in_flight` requests are in flight, so a closed
+    loop of C clients is seen to reach exactly C; every `busy_every`-th request is answered 503.
+    """
+
+    def __init__(self, expect_in_flight: int, busy_every: int = 0, hold_s: float = 0.5):
+        self.expect_in_flight, self.busy_every, self.hold_s = expect_in_flight, busy_every, hold_s
+        self.lock = threading.Condition()
+        self.in_flight = self.max_in_flight = self.requests = self.busy_sent = 0
+        self.digests: list[str] = []
+        self.connections: set[tuple] = set()
+        gateway = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *_):
+                pass
+
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                status, answer = gateway.handle(body, self.client_address)
+                data = json.dumps(answer).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def handle(self, body: bytes, client_address) -> tuple[int, dict]:
+        with self.lock:
+            self.requests += 1
+            number = self.requests
+            self.digests.append(hashlib.sha256(body).hexdigest())
+            self.connections.add(client_address)
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+            self.lock.notify_all()
+            self.lock.wait_for(lambda: self.in_flight >= self.expect_in_flight, self.hold_s)
+            self.in_flight -= 1
+            busy = self.busy_every and number % self.busy_every == 0
+            self.busy_sent += bool(busy)
+        if busy:
+            return 503, {"success": False, "id": None, "error": {"code": "SERVER_BUSY", "message": "full"}}
+        return 200, {"success": True, "id": str(number), "model": "fake",
+                     "predictions": [{"label": "Egyptian_cat", "class_id": 285, "probability": 0.8}]}
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture(scope="module")
+def photos() -> list[bytes]:
+    return loadgen.make_photos(0, 12)
+
+
+def test_closed_loop_keeps_exactly_c_in_flight_and_never_repeats_a_body(photos):
+    concurrency = 4
+    fake = FakeGateway(expect_in_flight=concurrency, busy_every=5)
+    try:
+        pool = loadgen.BodyPool.from_jpegs(photos)
+        generator = loadgen.LoadGenerator(fake.url, pool, timeout_s=10)
+        result = generator.run_level(concurrency, duration_s=1.0, warmup_s=0.2)
+    finally:
+        fake.close()
+    assert fake.max_in_flight == concurrency              # reached C, never more
+    assert len(fake.connections) == concurrency           # one keep-alive connection per client
+    assert fake.requests == result.sent_total > concurrency
+    assert len(set(fake.digests)) == len(fake.digests)    # no body sent twice, even past the pool's end
+    assert result.errors_total == ({"503 SERVER_BUSY": fake.busy_sent} if fake.busy_sent else {})
+    summary = result.summary()
+    assert summary["concurrency"] == concurrency
+    assert summary["ok"] + summary["errors"] == len(result.outcomes_in_window)
+    assert set(summary["errors_by_code"]) <= {"503 SERVER_BUSY"}
+    for key in ("images_per_s", "p50_ms", "p90_ms", "p99_ms", "errors"):
+        assert key in summary
+
+
+def test_one_client_is_strictly_sequential(photos):
+    fake = FakeGateway(expect_in_flight=1, hold_s=0.01)
+    try:
+        result = loadgen.LoadGenerator(fake.url, loadgen.BodyPool.from_jpegs(photos)).run_level(1, 0.3)
+    finally:
+        fake.close()
+    assert fake.max_in_flight == 1
+    assert result.sent_total == fake.requests and result.errors_total == {}
+
+
+def test_refused_connections_are_counted_not_raised(photos):
+    generator = loadgen.LoadGenerator(f"http://127.0.0.1:{free_port()}", loadgen.BodyPool.from_jpegs(photos))
+    result = generator.run_level(2, duration_s=0.2)
+    assert result.sent_total >= 2
+    assert list(result.errors_total) == ["0 ConnectionRefusedError"]
+    assert result.summary()["ok"] == 0 and result.summary()["p50_ms"] is None
+
+
+def test_photos_are_distinct_real_jpegs_in_the_size_range(photos):
+    assert len({hashlib.sha256(p).digest() for p in photos}) == len(photos)
+    for jpeg in photos[:4]:
+        with Image.open(io.BytesIO(jpeg)) as image:
+            assert image.format == "JPEG"
+            assert 300 <= min(image.size) <= 800
+        array = imaging.prepare_image(jpeg, size=224, crop_fraction=0.875, resample="bilinear", max_pixels=10**8)
+        assert array.shape == (224, 224, 3)
+    assert loadgen.make_photo(3) == photos[3]              # deterministic for a seed
+
+
+def test_an_exhausted_pool_still_sends_new_bytes_that_decode(photos):
+    pool = loadgen.BodyPool.from_jpegs(photos[:3])
+    bodies = [pool.take() for _ in range(20)]
+    assert len(set(bodies)) == 20
+    assert pool.marked == 17 and pool.taken == 20
+    head, tail = len(loadgen.MULTIPART_HEAD), len(loadgen.MULTIPART_TAIL)
+    for body in bodies[3:6]:
+        assert body.startswith(loadgen.MULTIPART_HEAD) and body.endswith(loadgen.MULTIPART_TAIL)
+        array = imaging.prepare_image(body[head:-tail], size=224, crop_fraction=0.875, resample="bilinear",
+                                      max_pixels=10**8)
+        assert array.shape == (224, 224, 3)
+
+
+def test_answers_are_classified_by_the_contract():
+    assert loadgen.classify_answer(200, b'{"success": true, "predictions": [{"label": "x"}]}') is None
+    assert loadgen.classify_answer(200, b'{"success": false, "error": {"code": "TIMEOUT"}}') == "200 TIMEOUT"
+    assert loadgen.classify_answer(504, b'{"success": false, "error": {"code": "TIMEOUT"}}') == "504 TIMEOUT"
+    assert loadgen.classify_answer(502, b"<html>bad gateway</html>") == "502 NOT_JSON"
+
+
+def fake_result() -> dict:
+    raw = {1: {"images_per_s": 50.0, "latency_ms_p50": 20.0, "cpu_ms_per_image": 30.0},
+           32: {"images_per_s": 160.0, "latency_ms_p50": 200.0, "cpu_ms_per_image": 12.0}}
+    levels = {c: {"concurrency": c, "images_per_s": ips, "ok": int(ips * 10), "errors": errors,
+                  "errors_by_code": {"503 SERVER_BUSY": errors} if errors else {},
+                  "p50_ms": p50, "p90_ms": p50 * 1.5, "p99_ms": p50 * 3, "mean_batch_size": batch,
+                  "model_busy_fraction": 0.9, "gateway_cpu_ms_per_image": 13.0}
+              for c, ips, p50, errors, batch in [(1, 40.0, 25.0, 0, 1.0), (4, 100.0, 40.0, 0, 3.5),
+                                                 (16, 140.0, 110.0, 2, 14.0), (64, 145.0, 420.0, 0, 30.0)]}
+    return report.build_result(raw, levels, cpu_per_image_ms={"decode_resize": 2.0, "model": 12.0},
+                               settings={"model": "fake", "batch_size": 32, "wire_dtype": "uint8"},
+                               machine={"cpu_model": "test cpu", "nproc": 2, "date": "2026-01-01"})
+
+
+def test_report_has_the_issue_keys_and_draws_a_png(tmp_path):
+    result = fake_result()
+    for key in ("raw_images_per_s", "raw_batch1_ms", "raw", "gateway_images_per_s", "ratio", "p50_ms_c1",
+                "per_concurrency", "p99_ms", "errors", "settings", "machine", "cpu_per_image_ms"):
+        assert key in result, key
+    assert result["raw_images_per_s"] == 160.0 and result["raw_best_batch_size"] == 32
+    assert result["raw_batch1_ms"] == 20.0
+    assert result["gateway_images_per_s"] == 145.0 and result["gateway_best_concurrency"] == 64
+    assert result["ratio"] == pytest.approx(145 / 160, abs=1e-3)
+    assert result["p50_ms_c1"] == 25.0 and result["p99_ms"]["16"] == 330.0
+    assert result["errors"] == 2 and result["errors_by_code"] == {"503 SERVER_BUSY": 2}
+    assert set(result["per_concurrency"]["4"]) >= {"images_per_s", "p50_ms", "p90_ms", "p99_ms", "errors"}
+
+    json_path, png_path = tmp_path / "out" / "bench.json", tmp_path / "out" / "bench.png"
+    report.write_json(result, json_path)
+    assert json.loads(json_path.read_text())["ratio"] == result["ratio"]
+    report.plot(result, png_path)
+    assert png_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    table = report.format_table(result)
+    assert "145.0" in table and "ratio 0.906" in table
+
+
+def test_cpu_accounting_and_metrics_helpers():
+    import bench.__main__ as bench_main
+
+    np.linalg.svd(np.random.default_rng(0).normal(size=(300, 300)))   # burn a little CPU
+    own = bench_main.tree_cpu(os.getpid())
+    assert own and sum(own.values()) > 0
+    text = ('gateway_batch_size_bucket{le="1.0"} 2.0\ngateway_batch_size_bucket{le="+Inf"} 5.0\n'
+            "gateway_batch_size_count 5.0\ngateway_batch_size_sum 40.0\ngateway_inference_seconds_sum 0.5\n")
+    parsed = {}
+    for line in text.splitlines():
+        match = bench_main.METRIC_LINE.match(line)
+        parsed[match.group(1) + (match.group(2) or "")] = float(match.group(3))
+    diagnostics = bench_main.level_diagnostics({}, parsed, window_s=1.0)
+    assert diagnostics["mean_batch_size"] == 8.0 and diagnostics["batches"] == 5
+    assert diagnostics["model_busy_fraction"] == 0.5
+    assert diagnostics["batch_size_buckets"] == {"1.0": 2, "+Inf": 5}
+
+
+def test_command_line_defaults():
+    import bench.__main__ as bench_main
+
+    quick = bench_main.parse_args(["--json", "/tmp/x/r.json", "--quick"])
+    assert quick.concurrency == [1, 16] and quick.duration == 3.0 and quick.png == "/tmp/x/r.png"
+    full = bench_main.parse_args(["--json", "r.json", "--concurrency", "1,4", "--duration", "1"])
+    assert full.concurrency == [1, 4] and full.duration == 1.0 and full.pool == 2000
