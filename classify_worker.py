@@ -237,6 +237,50 @@ def connect(config: Settings) -> redis.Redis:
                                 socket_timeout=config.request_timeout + 5, health_check_interval=15)
 
 
+def predict_threads(config: Settings) -> int:
+    """How many batches one process predicts at once: WORKER_THREADS, or one per CPU core."""
+    return config.worker_threads or len(os.sched_getaffinity(0))
+
+
+def set_framework_threads(config: Settings) -> None:
+    """Before TensorFlow loads: MODEL_THREADS threads per predict call, WORKER_THREADS calls at once.
+
+    On a 2-core CPU two single-threaded predicts at once ran EfficientNet-Lite0 at 164 images/s
+    (batch 8), one predict on two threads at 118 images/s (batch 32): cores do better apart.
+    """
+    if config.model_threads:
+        os.environ.setdefault("TF_NUM_INTRAOP_THREADS", str(config.model_threads))
+    os.environ.setdefault("TF_NUM_INTEROP_THREADS", str(max(2, predict_threads(config))))
+
+
+class WorkerGroup:
+    """The workers of one process: WORKER_THREADS of them share one loaded model and one Redis pool."""
+
+    def __init__(self, config: Settings, client: redis.Redis, classifier):
+        self.workers = [Worker(config, client, classifier) for _ in range(predict_threads(config))]
+        self.threads = [threading.Thread(target=worker.run, name=f"worker-{i}", daemon=True)
+                        for i, worker in enumerate(self.workers)]
+
+    def start(self) -> "WorkerGroup":
+        [thread.start() for thread in self.threads]
+        return self
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """Each worker finishes its batch and returns what else it claimed."""
+        [worker.stop() for worker in self.workers]
+        deadline = time.monotonic() + timeout_s
+        for thread in self.threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+
+
+def start_workers(config: Settings) -> WorkerGroup:
+    """Load the model once and start this process's workers on it."""
+    set_framework_threads(config)
+    import models  # heavy (TensorFlow): only worker processes import it
+    classifier = models.load_model(config.model, weights_path=config.model_weights, labels_path=config.model_labels)
+    return WorkerGroup(config, connect(config), classifier).start()
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--redis-url", help="overrides REDIS_URL")
@@ -248,14 +292,15 @@ def main(argv: list[str] | None = None) -> None:
     logs.setup(config)
     if not config.redis_url:
         parser.error("set REDIS_URL (or --redis-url): a standalone worker needs a Redis to serve")
-    import models  # heavy (TensorFlow): only the worker imports it
-    classifier = models.load_model(config.model, weights_path=config.model_weights, labels_path=config.model_labels)
-    worker = Worker(config, connect(config), classifier)
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    signal.signal(signal.SIGINT, lambda *_: stopping.set())
+    group = start_workers(config)
     if config.metrics_port:
         prometheus_client.start_http_server(config.metrics_port, addr=config.host)
-    signal.signal(signal.SIGTERM, lambda *_: worker.stop())
-    signal.signal(signal.SIGINT, lambda *_: worker.stop())
-    worker.run()
+    while not stopping.wait(0.5) and any(thread.is_alive() for thread in group.threads):
+        pass
+    group.stop(config.request_timeout)
 
 
 if __name__ == "__main__":

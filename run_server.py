@@ -289,25 +289,17 @@ def main(argv: list[str] | None = None) -> None:
         embedded = RedisServer(config.redis_server_bin).start()
         config = settings_module.Settings(**{**config.__dict__, "redis_url": embedded.url})
         log.info("embedded redis-server started at %s", embedded.url)
-    worker, worker_thread = (None, None) if args.no_worker else start_worker_thread(config)
+    workers = None
+    if not args.no_worker:
+        from classify_worker import start_workers
+        workers = start_workers(config)
     try:
         serve(create_app(config), config)
     finally:
-        if worker:
-            worker.stop()
-            worker_thread.join(config.request_timeout)
+        if workers:
+            workers.stop(config.request_timeout)
         if embedded:
             embedded.close()
-
-
-def start_worker_thread(config: Settings):
-    """The model worker as a thread of this process (the embedded default)."""
-    from classify_worker import Worker, connect
-    classifier = models.load_model(config.model, weights_path=config.model_weights, labels_path=config.model_labels)
-    worker = Worker(config, connect(config), classifier)
-    thread = threading.Thread(target=worker.run, name="worker", daemon=True)
-    thread.start()
-    return worker, thread
 
 
 def serve(app: Flask, config: Settings) -> None:

@@ -21,8 +21,10 @@ class Settings:
     model_weights: str | None = None        # local weights file (keras.applications / efficientnet_lite0)
     model_labels: str | None = None         # labels file, one per line (for a .keras model)
     # Batching (worker).
-    batch_size: int = 32                    # most jobs one predict call takes
+    batch_size: int = 8                     # most jobs one predict call takes (CPU: 8 measured best; GPU: 32-256)
     batch_wait_ms: float = 0.0              # how long a worker waits for more jobs when a batch is not full
+    worker_threads: int = 0                 # batches one worker process predicts at once; 0: one per CPU core
+    model_threads: int = 1                  # threads of one predict call (TensorFlow intra-op); 0: framework default
     # Request handling (web tier).
     request_timeout: float = 10.0           # s: the handler answers 504 after this; also the job's deadline
     queue_limit: int = 256                  # jobs waiting per model queue before 503 SERVER_BUSY

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -16,23 +17,36 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
-def measure_raw(classifier, batch_sizes=(1, 8, 32), seconds: float = 3.0) -> dict:
+def measure_raw(classifier, batch_sizes=(1, 8, 32), seconds: float = 3.0, threads: int = 1) -> dict:
     """{batch size: {images_per_s, latency_ms_mean, latency_ms_p50, latency_ms_p95, calls}},
-    each measured warm (one untimed call first) for about `seconds` on random uint8 images."""
+    each measured warm (one untimed call first) for about `seconds` on random uint8 images, with
+    `threads` callers predicting at once (as a worker process with WORKER_THREADS does)."""
     size = classifier.spec.input_size
     rng = np.random.default_rng(0)
     results = {}
     for batch_size in batch_sizes:
         batch = rng.integers(0, 256, (batch_size, size, size, 3), dtype=np.uint8)
         classifier.predict(batch)
-        latencies = _timed_calls(classifier, batch, seconds)
+        per_thread = _concurrent_calls(classifier, batch, seconds, threads)
+        latencies = [latency for thread in per_thread for latency in thread]
         results[batch_size] = {
-            "images_per_s": batch_size * len(latencies) / sum(latencies),
+            "images_per_s": sum(batch_size * len(thread) / sum(thread) for thread in per_thread),
             "latency_ms_mean": 1000 * float(np.mean(latencies)),
             "latency_ms_p50": 1000 * float(np.percentile(latencies, 50)),
             "latency_ms_p95": 1000 * float(np.percentile(latencies, 95)),
             "calls": len(latencies),
+            "threads": threads,
         }
+    return results
+
+
+def _concurrent_calls(classifier, batch: np.ndarray, seconds: float, threads: int) -> list[list[float]]:
+    """The call latencies of each of `threads` callers predicting `batch` for `seconds`."""
+    results: list[list[float]] = [[] for _ in range(threads)]
+    callers = [threading.Thread(target=lambda out=out: out.extend(_timed_calls(classifier, batch, seconds)))
+               for out in results]
+    [caller.start() for caller in callers]
+    [caller.join() for caller in callers]
     return results
 
 

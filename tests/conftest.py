@@ -46,7 +46,7 @@ def redis_client(redis_url):
 def make_config(redis_url: str, **overrides) -> settings_module.Settings:
     """Settings for a test: quick timeouts and heartbeats, no cache unless asked."""
     values = {"redis_url": redis_url, "request_timeout": 30.0, "heartbeat_interval": 0.2,
-              "heartbeat_ttl": 1.0, "cache_ttl": 0, "log_format": "text", "log_level": "WARNING"}
+              "heartbeat_ttl": 1.0, "cache_ttl": 0, "worker_threads": 1, "log_format": "text", "log_level": "WARNING"}
     values.update(overrides)
     return settings_module.Settings(**values)
 

@@ -33,7 +33,7 @@ from redis_server import free_port  # noqa: E402
 HEARTBEAT_TTL_S = 2.0
 MAX_UPLOAD_BYTES = 2 * 1024 * 1024
 PHOTOS = sorted(DATA.glob("*.jpg"))
-CLUSTER_ENV = {"HEARTBEAT_INTERVAL": "0.5", "HEARTBEAT_TTL": str(HEARTBEAT_TTL_S), "CACHE_TTL": "0",
+CLUSTER_ENV = {"WORKER_THREADS": "1", "HEARTBEAT_INTERVAL": "0.5", "HEARTBEAT_TTL": str(HEARTBEAT_TTL_S), "CACHE_TTL": "0",
                "REQUEST_TIMEOUT": "10", "MAX_UPLOAD_BYTES": str(MAX_UPLOAD_BYTES),
                "LOG_FORMAT": "json", "LOG_LEVEL": "INFO"}
 

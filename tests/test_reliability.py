@@ -282,3 +282,22 @@ def test_identical_images_are_answered_from_the_cache(redis_url, classifier, gat
     assert first["predictions"] == second["predictions"] and counting.rows == 1
     assert post_bytes(web.url, data, data={"top_k": "2"}).json()["predictions"] == first["predictions"][:2]
     assert counting.rows == 2                           # another top_k is another answer
+
+
+def test_one_worker_process_runs_a_worker_per_thread_on_one_model(redis_url, redis_client, classifier, gateway_factory):
+    config = make_config(redis_url, worker_threads=2)
+    web, _ = gateway_factory(config)
+    process = start_worker_process(config)
+    queue = protocol.JobQueue(redis_client, classifier.spec.name, config.key_prefix)
+    try:
+        workers = wait_for(lambda: len(queue.live_workers(5)) == 2 and queue.live_workers(5), 120, 0.2,
+                           "two workers in one process")
+        assert {queue.worker_info(w)["pid"] for w in workers} == {str(process.pid)}
+        with ThreadPoolExecutor(8) as pool:
+            statuses = list(pool.map(lambda d: post_bytes(web.url, d).status_code, variants(16)))
+        assert statuses == [200] * 16
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0
+        assert queue.live_workers(5) == []
+    finally:
+        process.kill()
