@@ -94,6 +94,7 @@ class Worker:
         self.jobs = 0
         self.started_at = time.time()
         self.batch_sizes: list[int] = []     # recent batch sizes (tests and /status read them)
+        self.last_inference_s = 0.0
 
     # ------------------------------------------------------------------------------ main loop
     def run(self) -> None:
@@ -166,6 +167,8 @@ class Worker:
             metrics.BATCH_SIZE.observe(len(jobs))
         log.info("batch done", extra={
             "worker": self.worker_id, "batch_size": len(jobs), "claimed": len(batch),
+            "wait_ms": round((now - min((job.enqueued_at for job in jobs), default=now)) * 1000, 1),
+            "inference_ms": round(self.last_inference_s * 1000, 1),
             "total_ms": round((time.perf_counter() - started) * 1000, 1),
             "trace_ids": [job.trace_id for job in jobs]})
 
@@ -194,7 +197,8 @@ class Worker:
             probabilities = self.classifier.predict(np.stack([job.array for job in jobs]))
             if len(probabilities) != len(jobs):
                 raise RuntimeError(f"model returned {len(probabilities)} rows for {len(jobs)} inputs")
-            metrics.INFERENCE.observe(time.perf_counter() - started)
+            self.last_inference_s = time.perf_counter() - started
+            metrics.INFERENCE.observe(self.last_inference_s)
         except Exception:
             log.exception("inference failed for a batch of %d", len(jobs))
             return [protocol.error_result(job.id, INFERENCE_FAILED.code, "the model failed on this batch")
