@@ -11,11 +11,14 @@ Life of a job::
     web:    wait_result()     -> BLPOP result:<id> with the handler's remaining timeout
     any worker: requeue_dead() -> a dead worker's processing list goes back to the queue
 
-Messages are JSON (never pickle: anyone who can write to Redis could otherwise run code in a worker).
+A message is one line of JSON (id, model, trace id, deadline, top_k, attempts, dtype, shape), a
+newline, then the raw bytes of the C-contiguous pixel array: self-describing like the source design's
+JSON with base64, but a quarter smaller and ~0.9 ms of CPU per image cheaper (base64 in JSON cost
+0.43 ms to encode and 0.51 ms to decode a 224x224x3 image here; the raw frame ~0.01 ms). Never
+pickle: anyone who can write to Redis could otherwise run code in a worker.
 """
 from __future__ import annotations
 
-import base64
 import json
 import time
 import uuid
@@ -81,20 +84,21 @@ class Job:
     enqueued_at: float = field(default_factory=time.time)
 
     def encode(self) -> bytes:
+        """The JSON header line, a newline, then the array's bytes."""
         array = np.ascontiguousarray(self.array)
-        return json.dumps({
+        header = json.dumps({
             "id": self.id, "model": self.model, "deadline": self.deadline, "top_k": self.top_k,
             "trace_id": self.trace_id, "cache_key": self.cache_key, "attempts": self.attempts,
             "enqueued_at": self.enqueued_at, "dtype": array.dtype.name, "shape": list(array.shape),
-            "data": base64.b64encode(array.data).decode("ascii"),
-        }).encode()
+        })
+        return b"".join((header.encode(), b"\n", array.data))
 
     @classmethod
     def decode(cls, raw: bytes) -> "Job":
-        message = json.loads(raw)
+        message, body_at = read_header(raw)
         if message["dtype"] not in WIRE_DTYPES:
             raise ValueError(f"dtype {message['dtype']!r} is not a wire dtype")
-        array = np.frombuffer(base64.b64decode(message["data"]), dtype=message["dtype"])
+        array = np.frombuffer(raw, dtype=message["dtype"], offset=body_at)
         return cls(
             id=message["id"], model=message["model"], deadline=message["deadline"],
             array=array.reshape(message["shape"]), top_k=message["top_k"],
@@ -107,10 +111,16 @@ def new_job_id() -> str:
     return str(uuid.uuid4())
 
 
+def read_header(raw: bytes) -> tuple[dict, int]:
+    """A message's JSON header and where its array bytes start."""
+    end = raw.index(b"\n")
+    return json.loads(raw[:end]), end + 1
+
+
 def peek_id(raw: bytes) -> str | None:
     """The id of a message that may not decode fully (for answering it with an error)."""
     try:
-        return json.loads(raw)["id"]
+        return read_header(raw)[0]["id"]
     except (ValueError, KeyError, TypeError):
         return None
 
@@ -172,8 +182,9 @@ for _, worker in ipairs(dead) do
   local processing = ARGV[4] .. worker
   local items = redis.call('LRANGE', processing, 0, -1)
   for i = #items, 1, -1 do
-    local ok, job = pcall(cjson.decode, items[i])
-    if not ok then
+    local newline = string.find(items[i], '\\n', 1, true)
+    local ok, job = pcall(cjson.decode, string.sub(items[i], 1, (newline or 1) - 1))
+    if not ok or not newline then
       lettered = lettered + 1
       redis.call('LPUSH', KEYS[3], items[i])
     elseif tonumber(job['deadline']) < tonumber(ARGV[5]) then
@@ -187,7 +198,7 @@ for _, worker in ipairs(dead) do
       redis.call('EXPIRE', result_key, tonumber(ARGV[3]))
     else
       job['attempts'] = tonumber(job['attempts'] or 0) + 1
-      redis.call('LPUSH', KEYS[2], cjson.encode(job))
+      redis.call('LPUSH', KEYS[2], cjson.encode(job) .. string.sub(items[i], newline))
       requeued = requeued + 1
     end
   end

@@ -318,7 +318,7 @@ def stage_costs(jpegs: list[bytes], spec, config: settings_module.Settings) -> t
 
 
 class _Encoded:
-    """A Job stand-in whose encode() is already done, so the Redis timing excludes JSON/base64."""
+    """A Job stand-in whose encode() is already done, so the Redis timing excludes serialisation."""
 
     def __init__(self, raw: bytes):
         self.raw = raw
