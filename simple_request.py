@@ -12,6 +12,7 @@ import json
 import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import urlsplit
 
 import requests
 
@@ -28,6 +29,11 @@ def image_paths(inputs: list[str]) -> list[str]:
         else:
             paths.append(item)
     return paths
+
+
+def predict_url(url: str) -> str:
+    """Accept the gateway's base URL as well as its /predict URL."""
+    return url if urlsplit(url).path.rstrip("/").endswith("/predict") else url.rstrip("/") + "/predict"
 
 
 def classify(session: requests.Session, url: str, path: str, top_k: int | None, api_key: str | None,
@@ -55,7 +61,8 @@ def format_result(status: int, body: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Classify images with the gateway.")
     parser.add_argument("images", nargs="+", help="image files or folders")
-    parser.add_argument("--url", default=os.environ.get("GATEWAY_URL", "http://127.0.0.1:5000/predict"))
+    parser.add_argument("--url", default=os.environ.get("GATEWAY_URL", "http://127.0.0.1:5000/predict"),
+                        help="the gateway (http://host:port) or its /predict URL")
     parser.add_argument("--top-k", type=int, help="how many predictions (server default 5)")
     parser.add_argument("--concurrency", type=int, default=1, help="requests in flight at once")
     parser.add_argument("--api-key", default=os.environ.get("API_KEY"), help="X-API-Key, if the server needs one")
@@ -69,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def run(path: str):
         try:
-            return path, *classify(session, args.url, path, args.top_k, args.api_key, args.timeout)
+            return path, *classify(session, predict_url(args.url), path, args.top_k, args.api_key, args.timeout)
         except (OSError, requests.RequestException) as exc:
             return path, 0, {"success": False, "error": {"code": "CONNECTION_ERROR", "message": str(exc)}}
 

@@ -150,7 +150,8 @@ def test_client_script_prints_ranked_labels_and_fails_on_errors(redis_url, class
     assert first.startswith("1. ") and first.split(": ")[0][3:] in EXPECTED["cat.jpg"]
     assert len(ok.stdout.splitlines()) == 5
     (tmp_path / "notes.txt").write_text("not an image")
-    bad = subprocess.run(client + [str(tmp_path / "notes.txt")], capture_output=True, text=True, timeout=60)
+    base_url_client = [sys.executable, str(ROOT / "simple_request.py"), "--url", web.url]   # /predict implied
+    bad = subprocess.run(base_url_client + [str(tmp_path / "notes.txt")], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 1 and "IMAGE_UNREADABLE" in bad.stdout
 
 
