@@ -107,6 +107,7 @@ def create_app(config: Settings | None = None) -> Flask:
 
     @app.post("/predict")
     def predict():
+        g.job_id = protocol.new_job_id()       # every answer, cached or failed, carries its own id
         check_api_key(config)
         data, top_k = read_upload(config)
         digest = cache_digest(data, top_k) if config.cache_ttl > 0 else None
@@ -117,10 +118,9 @@ def create_app(config: Settings | None = None) -> Flask:
         array = imaging.prepare_image(data, size=spec.input_size, crop_fraction=spec.crop_fraction,
                                       resample=spec.resample, max_pixels=config.max_image_pixels)
         deadline = time.time() + config.request_timeout
-        job = protocol.Job(id=protocol.new_job_id(), model=spec.name, deadline=deadline,
+        job = protocol.Job(id=g.job_id, model=spec.name, deadline=deadline,
                            array=to_wire(array, config.wire_dtype), top_k=top_k,
                            trace_id=g.trace_id, cache_key=digest)
-        g.job_id = job.id
         if not queue.enqueue(job, config.queue_limit):
             raise GatewayError(errors.SERVER_BUSY, f"{config.queue_limit} requests are already waiting",
                                {"Retry-After": str(config.retry_after)})
@@ -200,7 +200,7 @@ def answer(result: dict, model: str):
         code = result.get("error", {}).get("code", errors.INFERENCE_FAILED.code)
         error = next((e for e in errors.ALL_CODES if e.code == code), errors.INFERENCE_FAILED)
         raise GatewayError(error, result.get("error", {}).get("message"))
-    return jsonify({"success": True, "id": g.job_id or result.get("id"), "model": model,
+    return jsonify({"success": True, "id": g.job_id, "model": model,
                     "predictions": result["predictions"]})
 
 

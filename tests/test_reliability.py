@@ -213,7 +213,7 @@ def test_bad_uploads_get_their_code_and_the_server_keeps_serving(name, data, sta
     web, _ = gateway_factory(make_config(redis_url), classifier)
     response = post_bytes(web.url, data)
     assert (response.status_code, response.json()["error"]["code"]) == (status, code)
-    assert response.json()["success"] is False
+    assert response.json()["success"] is False and response.json()["id"]
     assert "Traceback" not in response.text and "/work" not in response.text
     assert post_bytes(web.url, (DATA / "cat.jpg").read_bytes()).status_code == 200
 
@@ -280,6 +280,7 @@ def test_identical_images_are_answered_from_the_cache(redis_url, classifier, gat
     data = (DATA / "coffee.jpg").read_bytes()
     first, second = post_bytes(web.url, data).json(), post_bytes(web.url, data).json()
     assert first["predictions"] == second["predictions"] and counting.rows == 1
+    assert first["id"] != second["id"]                  # a cached answer is still its own request
     assert post_bytes(web.url, data, data={"top_k": "2"}).json()["predictions"] == first["predictions"][:2]
     assert counting.rows == 2                           # another top_k is another answer
 
