@@ -4,7 +4,7 @@ Run one process per model replica, on any machine that reaches Redis:
 
     REDIS_URL=redis://127.0.0.1:6379/0 python classify_worker.py
 
-`python run_server.py` runs the same `Worker` as a thread of the web process.
+`python run_server.py` runs the same workers as threads of the web process.
 """
 from __future__ import annotations
 
@@ -126,8 +126,11 @@ class Worker:
             try:
                 step()
                 backoff = 0.1
-            except redis.RedisError as exc:
-                log.warning("redis unavailable, retrying in %.1fs: %s", backoff, exc)
+            except Exception as exc:   # a bug must not leave a heartbeating worker that serves nothing
+                if isinstance(exc, redis.RedisError):
+                    log.warning("redis unavailable, retrying in %.1fs: %s", backoff, exc)
+                else:
+                    log.exception("worker step failed, retrying in %.1fs", backoff)
                 self.stopping.wait(backoff)
                 backoff = min(backoff * 2, 5.0)
 
