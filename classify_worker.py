@@ -18,6 +18,8 @@ import socket
 import threading
 import time
 import uuid
+from collections import deque
+from itertools import islice
 
 import numpy as np
 import prometheus_client
@@ -93,7 +95,7 @@ class Worker:
         self.batches = 0
         self.jobs = 0
         self.started_at = time.time()
-        self.batch_sizes: list[int] = []     # recent batch sizes (tests and /status read them)
+        self.batch_sizes: deque[int] = deque(maxlen=1000)   # recent batch sizes (tests read them)
         self.last_inference_s = 0.0
 
     # ------------------------------------------------------------------------------ main loop
@@ -150,7 +152,8 @@ class Worker:
 
     def _under_load(self) -> bool:
         """Waiting for a fuller batch pays only when recent batches were not single jobs."""
-        return self.config.batch_wait_ms > 0 and bool(self.batch_sizes) and max(self.batch_sizes[-4:]) > 1
+        recent = list(islice(reversed(self.batch_sizes), 4))
+        return self.config.batch_wait_ms > 0 and bool(recent) and max(recent) > 1
 
     # ---------------------------------------------------------------------------- one batch
     def process(self, batch: list) -> None:
@@ -165,7 +168,7 @@ class Worker:
         self.queue.publish(failed + answered, self.config.result_ttl, cache)
         self.batches += 1
         self.jobs += len(jobs)
-        self.batch_sizes = (self.batch_sizes + [len(jobs)])[-1000:]
+        self.batch_sizes.append(len(jobs))
         if jobs:
             metrics.BATCH_SIZE.observe(len(jobs))
         log.info("batch done", extra={

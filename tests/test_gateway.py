@@ -92,8 +92,9 @@ def test_json_base64_upload_and_top_k(redis_url, classifier, gateway_factory):
     assert len(predictions) == 3 and predictions[0]["label"] in EXPECTED["coffee.jpg"]
 
 
-def test_fifty_concurrent_requests_each_get_their_own_answer(redis_url, classifier, gateway_factory):
-    web, [worker] = gateway_factory(make_config(redis_url), classifier)
+@pytest.mark.parametrize("batch_wait_ms", [0, 20])
+def test_fifty_concurrent_requests_each_get_their_own_answer(batch_wait_ms, redis_url, classifier, gateway_factory):
+    web, [worker] = gateway_factory(make_config(redis_url, batch_wait_ms=batch_wait_ms), classifier)
     images = variants(50)
     expected = [expected_top(classifier, data) for data in images]
 
