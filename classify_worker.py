@@ -241,12 +241,6 @@ class Worker:
             log.warning("could not return claimed jobs (another worker will recover them): %s", exc)
 
 
-def connect(config: Settings) -> redis.Redis:
-    """A Redis client whose socket timeout outlasts the longest blocking call we make."""
-    return redis.Redis.from_url(config.redis_url, socket_connect_timeout=2.0,
-                                socket_timeout=config.request_timeout + 5, health_check_interval=15)
-
-
 def predict_threads(config: Settings) -> int:
     """How many batches one process predicts at once: WORKER_THREADS, or one per CPU core."""
     return config.worker_threads or len(os.sched_getaffinity(0))
@@ -288,7 +282,7 @@ def start_workers(config: Settings) -> WorkerGroup:
     set_framework_threads(config)
     import models  # heavy (TensorFlow): only worker processes import it
     classifier = models.load_model(config.model, weights_path=config.model_weights, labels_path=config.model_labels)
-    return WorkerGroup(config, connect(config), classifier).start()
+    return WorkerGroup(config, protocol.connect(config.redis_url, config.request_timeout), classifier).start()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -220,6 +220,13 @@ return #items
 
 
 # ------------------------------------------------------------------------------------ the queue
+def connect(redis_url: str, request_timeout_s: float) -> redis.Redis:
+    """A client for REDIS_URL (redis://, rediss://, user:password@) whose socket timeout outlasts
+    the longest blocking call either tier makes (BLPOP/BLMOVE for up to the request timeout)."""
+    return redis.Redis.from_url(redis_url, socket_connect_timeout=2.0,
+                                socket_timeout=request_timeout_s + 5, health_check_interval=15)
+
+
 class JobQueue:
     """The reliable queue of one model: every Redis operation of the web tier and the workers."""
 

@@ -46,9 +46,8 @@ def create_app(config: Settings | None = None) -> Flask:
     if not config.redis_url:
         raise RuntimeError("REDIS_URL is not set: run `python run_server.py` for the embedded default")
     spec = models.get_spec(config.model, weights_path=config.model_weights, labels_path=config.model_labels)
-    client = redis.Redis.from_url(config.redis_url, socket_connect_timeout=2.0,
-                                  socket_timeout=config.request_timeout + 5, health_check_interval=15)
-    queue = protocol.JobQueue(client, spec.name, config.key_prefix)
+    queue = protocol.JobQueue(protocol.connect(config.redis_url, config.request_timeout), spec.name,
+                              config.key_prefix)
     app = Flask(__name__, static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = config.max_upload_bytes
     app.extensions["gateway"] = {"config": config, "spec": spec, "queue": queue,

@@ -91,8 +91,9 @@ class WorkerThread:
     """A real `classify_worker.Worker` running in a thread of the test process."""
 
     def __init__(self, config, classifier, worker_id: str | None = None):
-        from classify_worker import Worker, connect
-        self.worker = Worker(config, connect(config), classifier, worker_id)
+        import protocol
+        from classify_worker import Worker
+        self.worker = Worker(config, protocol.connect(config.redis_url, config.request_timeout), classifier, worker_id)
         self.thread = threading.Thread(target=self.worker.run, daemon=True)
         self.thread.start()
 
