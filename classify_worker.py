@@ -148,7 +148,6 @@ class Worker:
         batch = self.claimed.take(self.config.batch_size, timeout_s=0.5, more_within_s=wait_s)
         if batch:
             self.process(batch)
-            self.queue.ack(self.worker_id, len(batch))
 
     def _under_load(self) -> bool:
         """Waiting for a fuller batch pays only when recent batches were not single jobs."""
@@ -157,7 +156,7 @@ class Worker:
 
     # ---------------------------------------------------------------------------- one batch
     def process(self, batch: list) -> None:
-        """Predict the live jobs of a claimed batch in one call and publish every answer."""
+        """Predict the live jobs of a claimed batch in one call, publish every answer, ack the batch."""
         started = time.perf_counter()
         now = time.time()
         failed = [item for item in batch if isinstance(item, dict) and item["id"]]
@@ -165,7 +164,7 @@ class Worker:
         answered = self._predict(jobs) if jobs else []
         cache = {job.cache_key: (result, self.config.cache_ttl) for job, result in zip(jobs, answered)
                  if job.cache_key and result["success"] and self.config.cache_ttl > 0}
-        self.queue.publish(failed + answered, self.config.result_ttl, cache)
+        self.queue.publish(failed + answered, self.config.result_ttl, cache, ack=(self.worker_id, len(batch)))
         self.batches += 1
         self.jobs += len(jobs)
         self.batch_sizes.append(len(jobs))

@@ -272,19 +272,23 @@ class JobQueue:
         """Move up to `count` messages to this worker's processing list atomically.
 
         When the queue is empty and `block_s` > 0, block on Redis (BLMOVE) for the first message
-        instead of sleeping, then take whatever else is queued without waiting.
+        instead of sleeping, and return it alone so that it starts without another round trip.
         """
         processing = self.keys.processing(worker_id)
         batch = self._claim(keys=[self.keys.queue, processing], args=[count])
         if batch or block_s <= 0:
             return batch
         first = self.client.blmove(self.keys.queue, processing, block_s, "LEFT", "RIGHT")
-        if first is None:
-            return []
-        return [first] + (self._claim(keys=[self.keys.queue, processing], args=[count - 1]) if count > 1 else [])
+        return [first] if first is not None else []   # at once: whatever follows is claimed next
 
-    def publish(self, results: list[dict], ttl_s: int, cache: dict[str, tuple[dict, int]] | None = None) -> None:
-        """Hand each result to its waiting handler (LPUSH with TTL); store cacheable ones."""
+    def publish(self, results: list[dict], ttl_s: int, cache: dict[str, tuple[dict, int]] | None = None,
+                ack: tuple[str, int] | None = None) -> None:
+        """Hand each result to its waiting handler (LPUSH with TTL), store cacheable ones and, with
+        `ack=(worker_id, count)`, forget the worker's oldest `count` claimed messages: one round trip.
+
+        The trim comes after the results in the pipeline, so a crash between them can only make a
+        job run twice (at least once), never lose it.
+        """
         pipe = self.client.pipeline(transaction=False)
         for result in results:
             key = self.keys.result(result["id"])
@@ -292,11 +296,10 @@ class JobQueue:
             pipe.expire(key, ttl_s)
         for digest, (result, cache_ttl) in (cache or {}).items():
             pipe.set(self.keys.cache(digest), json.dumps(result), ex=cache_ttl)
+        if ack:
+            worker_id, count = ack
+            pipe.ltrim(self.keys.processing(worker_id), count, -1)
         pipe.execute()
-
-    def ack(self, worker_id: str, count: int) -> None:
-        """Forget the oldest `count` messages this worker claimed: their results are published."""
-        self.client.ltrim(self.keys.processing(worker_id), count, -1)
 
     def heartbeat(self, worker_id: str, info: dict, ttl_s: float) -> None:
         flat = [str(item) for pair in info.items() for item in pair]

@@ -97,7 +97,7 @@ def test_claimed_jobs_stay_in_processing_until_acked(queue, redis_client):
     batch = queue.claim("w1", 3)
     assert len(batch) == 3
     assert redis_client.llen(queue.keys.processing("w1")) == 3
-    queue.ack("w1", 3)
+    queue.publish([], ttl_s=30, ack=("w1", 3))
     assert redis_client.llen(queue.keys.processing("w1")) == 0
     assert queue.depth() == 2
 
