@@ -54,20 +54,12 @@ def create_app(config: Settings | None = None) -> Flask:
                                  "collector": metrics.QueueCollector(queue, config.heartbeat_ttl)}
     served_by = config.server_name or f"{config.host}:{config.port}"
 
-    in_flight = InFlight()
-    app.extensions["gateway"]["in_flight"] = in_flight
-
     @app.before_request
     def start_request():
-        in_flight.enter()
         g.started = time.perf_counter()
         supplied = request.headers.get("X-Request-ID", "")
         g.trace_id = supplied if TRACE_ID.match(supplied) else uuid.uuid4().hex
         g.job_id = None
-
-    @app.teardown_request
-    def end_request(_exc):
-        in_flight.leave()
 
     @app.after_request
     def finish_request(response: Response):
@@ -167,27 +159,6 @@ def create_app(config: Settings | None = None) -> Flask:
 
 
 # ------------------------------------------------------------------------------ request helpers
-class InFlight:
-    """Counts requests being handled, so a stopping server can let them finish."""
-
-    def __init__(self):
-        self.count = 0
-        self.lock = threading.Condition()
-
-    def enter(self) -> None:
-        with self.lock:
-            self.count += 1
-
-    def leave(self) -> None:
-        with self.lock:
-            self.count -= 1
-            self.lock.notify_all()
-
-    def wait_idle(self, timeout_s: float) -> bool:
-        with self.lock:
-            return self.lock.wait_for(lambda: self.count <= 0, timeout_s)
-
-
 def error_response(error: errors.ErrorCode, message: str, headers: dict | None = None):
     body = {"success": False, "id": g.get("job_id"), "error": {"code": error.code, "message": message}}
     return jsonify(body), error.status, headers or {}
@@ -301,19 +272,36 @@ def main(argv: list[str] | None = None) -> None:
             embedded.close()
 
 
+def make_server(app, config: Settings):
+    """cheroot, CherryPy's production WSGI server: WEB_THREADS threads and HTTP/1.1 keep-alive.
+
+    Its stop() closes the listening socket and idle connections, then waits up to REQUEST_TIMEOUT + 1 s
+    for every request being handled to get its answer.
+    """
+    from cheroot import wsgi
+    server = wsgi.Server((config.host, config.port), app, numthreads=config.web_threads,
+                         request_queue_size=1024, shutdown_timeout=config.request_timeout + 1)
+    server.max_request_header_size = 64 * 1024
+    return server
+
+
 def serve(app: Flask, config: Settings) -> None:
-    """Serve with a threaded WSGI server until SIGINT/SIGTERM, then let requests in flight finish."""
-    from werkzeug.serving import make_server
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)   # our own line per request says more
-    server = make_server(config.host, config.port, app, threaded=True)
-    stop = lambda *_: threading.Thread(target=server.shutdown, daemon=True).start()  # noqa: E731
+    """Serve until SIGINT/SIGTERM, then stop accepting and let the requests in flight finish."""
+    server = make_server(app, config)
+    # stop() waits for the connection loop that the main thread runs, so it needs a thread of its own.
+    stopper = threading.Thread(target=server.stop, name="server-stop")
+
+    def stop(*_):
+        if stopper.ident is None:      # the first signal starts the stop; later ones change nothing
+            stopper.start()
+
+    server.prepare()                   # binds; the stop below needs a prepared server
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     log.info("serving on http://%s:%d", config.host, config.port)
     print(f"Serving on http://{config.host}:{config.port}  (Ctrl-C to stop)", flush=True)
-    server.serve_forever()
-    app.extensions["gateway"]["in_flight"].wait_idle(config.request_timeout + 1)
-    server.server_close()
+    server.serve()
+    stopper.join()
 
 
 if __name__ == "__main__":

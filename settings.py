@@ -44,6 +44,7 @@ class Settings:
     # Serving.
     host: str = "127.0.0.1"
     port: int = 5000
+    web_threads: int = 320                  # threads of the embedded web server; each waiting /predict holds one
     metrics_port: int = 0                   # a standalone worker serves Prometheus metrics here (0: off)
     server_name: str | None = None          # X-Served-By response header; default host:port
     log_level: str = "INFO"
@@ -76,8 +77,8 @@ def validate(settings: Settings) -> None:
     """Refuse settings that cannot work, naming the variable."""
     if settings.wire_dtype not in ("uint8", "float32"):
         raise ValueError("WIRE_DTYPE must be uint8 or float32")
-    if settings.batch_size < 1 or settings.queue_limit < 1:
-        raise ValueError("BATCH_SIZE and QUEUE_LIMIT must be >= 1")
+    if settings.batch_size < 1 or settings.queue_limit < 1 or settings.web_threads < 1:
+        raise ValueError("BATCH_SIZE, QUEUE_LIMIT and WEB_THREADS must be >= 1")
     if settings.request_timeout <= 0 or settings.heartbeat_ttl <= settings.heartbeat_interval:
         raise ValueError("REQUEST_TIMEOUT must be > 0 and HEARTBEAT_TTL > HEARTBEAT_INTERVAL")
     if not 1 <= settings.top_k <= settings.max_top_k:

@@ -164,7 +164,7 @@ def machine_info() -> dict:
         "kernel": platform.release(), "python": platform.python_version(),
         "tensorflow": version("tensorflow") or version("tensorflow-cpu"), "keras": version("keras"),
         "numpy": np.__version__, "pillow": version("pillow"), "libjpeg_turbo": features.check_feature("libjpeg_turbo"),
-        "flask": version("flask"), "werkzeug": version("werkzeug"), "redis_py": version("redis"),
+        "flask": version("flask"), "werkzeug": version("werkzeug"), "cheroot": version("cheroot"), "redis_py": version("redis"),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join(["python -m bench", *sys.argv[1:]]),
     }

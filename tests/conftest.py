@@ -1,6 +1,7 @@
 """Fixtures that start real services: a redis-server process, the web tier over HTTP, worker processes."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -69,13 +70,14 @@ def classifier():
 
 
 class ServerThread:
-    """The real Flask app served over HTTP on a free loopback port, in a thread of the test process."""
+    """The app behind the embedded default's web server (cheroot) on a free loopback port, in a thread."""
 
-    def __init__(self, app):
-        from werkzeug.serving import make_server
+    def __init__(self, app, config):
+        from run_server import make_server
         self.port = free_port()
-        self.server = make_server("127.0.0.1", self.port, app, threaded=True)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.server = make_server(app, dataclasses.replace(config, host="127.0.0.1", port=self.port))
+        self.server.prepare()
+        self.thread = threading.Thread(target=self.server.serve, daemon=True)
         self.thread.start()
 
     @property
@@ -83,8 +85,8 @@ class ServerThread:
         return f"http://127.0.0.1:{self.port}"
 
     def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.server.stop()
+        self.thread.join(10)
 
 
 class WorkerThread:
@@ -109,7 +111,7 @@ def gateway_factory():
 
     def build(config, classifier=None, workers: int = 1):
         from run_server import create_app
-        web = ServerThread(create_app(config))
+        web = ServerThread(create_app(config), config)
         started.append(web)
         threads = [WorkerThread(config, classifier) for _ in range(workers)] if classifier else []
         started.extend(threads)

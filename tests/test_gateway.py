@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import base64
+import http.client
 import io
+import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -27,6 +30,22 @@ EXPECTED = {"cat.jpg": {"Egyptian_cat", "tabby", "tiger_cat"}, "coffee.jpg": {"e
 def post_file(url: str, path, **kwargs) -> requests.Response:
     with open(path, "rb") as image:
         return requests.post(f"{url}/predict", files={"image": image}, timeout=30, **kwargs)
+
+
+BOUNDARY = "gateway-test-boundary"
+
+
+def multipart_body(jpeg: bytes) -> bytes:
+    return (f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a.jpg\"\r\n"
+            f"Content-Type: image/jpeg\r\n\r\n").encode() + jpeg + f"\r\n--{BOUNDARY}--\r\n".encode()
+
+
+def accepts_connections(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
 
 
 def variants(count: int) -> list[bytes]:
@@ -171,11 +190,25 @@ def test_one_command_default_runs_embedded_redis_and_a_worker(tmp_path):
                 assert server.poll() is None, server.stdout.read().decode()
                 return False
         wait_for(ready, 120, 0.25, "the embedded gateway to be ready")
-        response = post_file(url, DATA / "cat.jpg")
-        assert response.status_code == 200
-        assert response.json()["predictions"][0]["label"] in EXPECTED["cat.jpg"]
+        with requests.Session() as session:              # keep-alive: one connection, two answers
+            for _ in range(2):
+                response = session.post(f"{url}/predict", files={"image": (DATA / "cat.jpg").read_bytes()}, timeout=30)
+                assert response.status_code == 200
+                assert response.json()["predictions"][0]["label"] in EXPECTED["cat.jpg"]
+        # A request whose body is still arriving when SIGTERM comes is answered before the server exits.
+        body = multipart_body((DATA / "coffee.jpg").read_bytes())
+        in_flight = socket.create_connection(("127.0.0.1", port), timeout=30)
+        in_flight.sendall(f"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary={BOUNDARY}"
+                          f"\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body[:1000])
+        time.sleep(0.5)
     finally:
         server.send_signal(signal.SIGTERM)
-        assert server.wait(30) == 0
+    wait_for(lambda: not accepts_connections(port), 10, 0.05, "the server to stop accepting")
+    in_flight.sendall(body[1000:])
+    answer = http.client.HTTPResponse(in_flight)
+    answer.begin()
+    assert answer.status == 200
+    assert json.loads(answer.read())["predictions"][0]["label"] in EXPECTED["coffee.jpg"]
+    assert server.wait(30) == 0
     children = subprocess.run(["pgrep", "-P", str(server.pid)], capture_output=True, text=True).stdout
     assert children == ""                               # the embedded redis-server is gone too

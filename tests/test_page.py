@@ -218,7 +218,7 @@ def test_page_works_under_a_path_prefix(redis_url, classifier, new_page):
 
     from run_server import create_app
     config = make_config(redis_url)
-    web = ServerThread(DispatcherMiddleware(NotFound(), {"/gateway": create_app(config)}))
+    web = ServerThread(DispatcherMiddleware(NotFound(), {"/gateway": create_app(config)}), config)
     worker = WorkerThread(config, classifier)
     try:
         page = new_page()
