@@ -331,8 +331,9 @@ class _Encoded:
 
 def redis_costs(arrays: list[np.ndarray], spec, config: settings_module.Settings,
                 min_seconds: float = 1.0) -> tuple[float, dict]:
-    """CPU ms per image (this client + redis-server) of the job's Redis round trip: enqueue, claim,
-    publish, BLPOP, ack; claims and publishes batched at BATCH_SIZE as the worker does."""
+    """CPU ms per image (this client + redis-server) of the job's Redis round trips: cache lookup,
+    enqueue, claim, publish with ack, BLPOP; claims and publishes batched at BATCH_SIZE as the worker
+    does."""
     import redis
 
     from classify_worker import top_predictions
@@ -348,14 +349,15 @@ def redis_costs(arrays: list[np.ndarray], spec, config: settings_module.Settings
         queue = protocol.JobQueue(client, spec.name, "bench")
 
         def round_trip(group: list) -> None:
-            for _, message in group:
+            for job_id, message in group:
+                assert queue.cached(job_id) is None       # the handler's cache lookup, a miss
                 queue.enqueue(message, 10_000)
             claimed = queue.claim("bench-worker", len(group))
             assert len(claimed) == len(group)
-            queue.publish([protocol.success_result(job_id, predictions) for job_id, _ in group], 60)
+            queue.publish([protocol.success_result(job_id, predictions) for job_id, _ in group], 60,
+                          ack=("bench-worker", len(group)))
             for job_id, _ in group:
                 assert queue.wait_result(job_id, 5.0) is not None
-            queue.ack("bench-worker", len(group))
 
         groups = [messages[i:i + batch] for i in range(0, len(messages) - batch + 1, batch)] or [messages]
         results = {}

@@ -215,3 +215,18 @@ def test_command_line_defaults():
     assert quick.concurrency == [1, 16] and quick.duration == 3.0 and quick.png == "/tmp/x/r.png"
     full = bench_main.parse_args(["--json", "r.json", "--concurrency", "1,4", "--duration", "1"])
     assert full.concurrency == [1, 4] and full.duration == 1.0 and full.pool == 2000
+
+
+def test_stage_costs_run_the_gateway_code_against_a_real_redis(photos):
+    """The per-stage breakdown calls the gateway's own functions and Redis protocol: it must keep up
+    with them (it once called a JobQueue method that no longer existed)."""
+    import bench.__main__ as bench_main
+    import models
+    import settings as settings_module
+
+    config = settings_module.load({})
+    costs, details = bench_main.stage_costs(photos, models.get_spec(config.model), config)
+    for stage in ("decode_resize", "multipart_parse", "serialise", "batch_stack", "postprocess", "redis"):
+        assert costs[stage] > 0, stage
+    assert details["redis_batch_size"] == config.batch_size
+    assert details["redis_batched_server_cpu_ms"] >= 0 and details["message_kib_uint8"] > 140
