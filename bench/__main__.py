@@ -227,7 +227,7 @@ def raw_child(argv: list[str]) -> None:
     for batch_size in sorted({int(b) for b in args.batch_sizes.split(",")}):
         cpu_before = time.process_time()
         row = measure_raw(classifier, (batch_size,), args.seconds, threads)[batch_size]
-        images = batch_size * (row["calls"] + threads)    # + measure_raw's untimed warm-up calls
+        images = batch_size * (row["calls"] + 1)    # + measure_batch's untimed warm-up call
         row["cpu_ms_per_image"] = 1000 * (time.process_time() - cpu_before) / images
         row["model_threads"] = config.model_threads
         rows[batch_size] = row
@@ -236,26 +236,25 @@ def raw_child(argv: list[str]) -> None:
               f"  cpu {row['cpu_ms_per_image']:.2f} ms/image", flush=True)
     # One image at a time, one caller: what a lone request meets (concurrent callers run faster each).
     alone = measure_raw(classifier, (1,), args.seconds, threads=1)[1]
-    check = real_photo_check(classifier, config, args.seconds)
+    check = real_photo_check(classifier, config, args.seconds, threads)
     Path(args.out).write_text(json.dumps({"rows": rows, "load_s": load_s, "backend": keras.backend.backend(),
                                           "batch1_alone_ms": alone["latency_ms_p50"], "real_photo_check": check}))
 
 
-def real_photo_check(classifier, config: settings_module.Settings, seconds: float) -> dict:
-    """measure_raw feeds random pixels; the same timing on preprocessed real photos shows that the
-    network's cost does not depend on the content (it is dense arithmetic)."""
+def real_photo_check(classifier, config: settings_module.Settings, seconds: float, threads: int) -> dict:
+    """measure_raw feeds random pixels; the same timing (same batch, same callers) on preprocessed real
+    photos shows whether the network's cost depends on the content (it is dense arithmetic)."""
+    from bench.raw_model import measure_batch
     spec = classifier.spec
     photos = [imaging.prepare_image(path.read_bytes(), size=spec.input_size, crop_fraction=spec.crop_fraction,
                                     resample=spec.resample, max_pixels=config.max_image_pixels)
               for path in sorted(loadgen.PHOTO_DIR.glob("*.jpg"))]
     photos += [np.ascontiguousarray(p[:, ::-1]) for p in photos]
-    batch = np.stack([photos[i % len(photos)] for i in range(config.batch_size)])
-    classifier.predict(batch)
-    calls, started = 0, time.perf_counter()
-    while time.perf_counter() - started < seconds or calls < 3:
-        classifier.predict(batch)
-        calls += 1
-    return {"batch_size": config.batch_size, "images_per_s": round(calls * len(batch) / (time.perf_counter() - started), 2)}
+    real = np.stack([photos[i % len(photos)] for i in range(config.batch_size)])
+    random = np.random.default_rng(1).integers(0, 256, real.shape, dtype=np.uint8)
+    return {"batch_size": config.batch_size, "callers": threads,
+            "real_images_per_s": round(measure_batch(classifier, real, seconds, threads)["images_per_s"], 2),
+            "random_images_per_s": round(measure_batch(classifier, random, seconds, threads)["images_per_s"], 2)}
 
 
 # ------------------------------------------------------------------------- per-stage CPU costs

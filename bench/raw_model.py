@@ -23,21 +23,24 @@ def measure_raw(classifier, batch_sizes=(1, 8, 32), seconds: float = 3.0, thread
     `threads` callers predicting at once (as a worker process with WORKER_THREADS does)."""
     size = classifier.spec.input_size
     rng = np.random.default_rng(0)
-    results = {}
-    for batch_size in batch_sizes:
-        batch = rng.integers(0, 256, (batch_size, size, size, 3), dtype=np.uint8)
-        classifier.predict(batch)
-        per_thread = _concurrent_calls(classifier, batch, seconds, threads)
-        latencies = [latency for thread in per_thread for latency in thread]
-        results[batch_size] = {
-            "images_per_s": sum(batch_size * len(thread) / sum(thread) for thread in per_thread),
-            "latency_ms_mean": 1000 * float(np.mean(latencies)),
-            "latency_ms_p50": 1000 * float(np.percentile(latencies, 50)),
-            "latency_ms_p95": 1000 * float(np.percentile(latencies, 95)),
-            "calls": len(latencies),
-            "threads": threads,
-        }
-    return results
+    return {batch_size: measure_batch(classifier, rng.integers(0, 256, (batch_size, size, size, 3), dtype=np.uint8),
+                                      seconds, threads)
+            for batch_size in batch_sizes}
+
+
+def measure_batch(classifier, batch: np.ndarray, seconds: float, threads: int) -> dict:
+    """One row of measure_raw: `threads` callers predicting `batch` for `seconds`, after one warm-up call."""
+    classifier.predict(batch)
+    per_thread = _concurrent_calls(classifier, batch, seconds, threads)
+    latencies = [latency for thread in per_thread for latency in thread]
+    return {
+        "images_per_s": sum(len(batch) * len(thread) / sum(thread) for thread in per_thread),
+        "latency_ms_mean": 1000 * float(np.mean(latencies)),
+        "latency_ms_p50": 1000 * float(np.percentile(latencies, 50)),
+        "latency_ms_p95": 1000 * float(np.percentile(latencies, 95)),
+        "calls": len(latencies),
+        "threads": threads,
+    }
 
 
 def _concurrent_calls(classifier, batch: np.ndarray, seconds: float, threads: int) -> list[list[float]]:
