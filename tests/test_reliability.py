@@ -238,6 +238,19 @@ def test_malformed_requests_get_their_code(redis_url, gateway_factory):
         assert (response.status_code, response.json()["error"]["code"]) == (status, code), response.text
 
 
+def test_one_keep_alive_connection_outlives_refused_requests(redis_url, classifier, gateway_factory):
+    """A refusal whose body the app never read must not poison the next request on the connection."""
+    web, _ = gateway_factory(make_config(redis_url, max_upload_bytes=1_000_000), classifier)
+    url = f"{web.url}/predict"
+    with requests.Session() as session:
+        unread = session.post(url, data=b"x" * 500_000, headers={"Content-Type": "text/plain"}, timeout=30)
+        assert unread.json()["error"]["code"] == "UNSUPPORTED_MEDIA_TYPE"
+        assert session.post(url, files={"image": jpeg()}, timeout=30).status_code == 200
+        too_large = session.post(url, files={"image": ("big.jpg", os.urandom(3_000_000))}, timeout=30)
+        assert too_large.json()["error"]["code"] == "PAYLOAD_TOO_LARGE"
+        assert session.post(url, files={"image": jpeg()}, timeout=30).status_code == 200
+
+
 def test_api_key_is_required_when_set(redis_url, classifier, gateway_factory):
     web, _ = gateway_factory(make_config(redis_url, api_key="k3y"), classifier)
     refused = post_bytes(web.url, jpeg())
