@@ -7,7 +7,7 @@ import os
 
 from models.classifier import Classifier
 from models.errors import ModelError, WeightsError
-from models.spec import DEFAULT_MODEL, KERAS_APPS, ModelSpec, get_spec, is_keras_file
+from models.spec import DEFAULT_MODEL, KERAS_APPS, ModelSpec, get_spec
 
 
 def keras_cache_path(file_name: str) -> str:

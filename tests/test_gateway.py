@@ -1,11 +1,10 @@
-"""The gateway end to end over HTTP: real redis-server, real Flask server, real model, real photos."""
+"""The gateway end to end over HTTP: real redis-server, the real web server, real model, real photos."""
 from __future__ import annotations
 
 import base64
 import http.client
 import io
 import json
-import os
 import signal
 import socket
 import subprocess
