@@ -1,6 +1,6 @@
 """The web tier: POST /predict -> decode and resize -> Redis queue -> wait for the result -> JSON.
 
-    python run_server.py                # embedded default: own redis-server + a worker thread, :5000
+    python run_server.py                # embedded default: own redis-server + worker threads, :5000
     REDIS_URL=redis://host:6379/0 gunicorn -c deploy/gunicorn.conf.py run_server:app   # web tier only
 """
 from __future__ import annotations
