@@ -204,18 +204,21 @@ def test_bad_settings_raise_value_error(photo_jpeg, settings):
 
 # ---------------------------------------------------------------- geometry
 
-def test_center_crop_removes_the_border_at_crop_fraction_0_875():
-    # 256 * 0.875 = 224: a 16-pixel border is exactly what the crop cuts away.
+def framed_png() -> bytes:
+    """256x256 green with a 16-pixel red border."""
     framed = Image.new("RGB", (256, 256), RED)
     framed.paste(GREEN, (16, 16, 240, 240))
-    pixels = prepare(encode(framed, "PNG"), size=224, crop_fraction=0.875)
+    return encode(framed, "PNG")
+
+
+def test_center_crop_removes_the_border_at_crop_fraction_0_875():
+    # 256 * 0.875 = 224: a 16-pixel border is exactly what the crop cuts away.
+    pixels = prepare(framed_png(), size=224, crop_fraction=0.875)
     assert_colour(pixels, GREEN, tolerance=0)
 
 
 def test_crop_fraction_1_keeps_the_border():
-    framed = Image.new("RGB", (256, 256), RED)
-    framed.paste(GREEN, (16, 16, 240, 240))
-    pixels = prepare(encode(framed, "PNG"), size=256, crop_fraction=1.0)
+    pixels = prepare(framed_png(), size=256, crop_fraction=1.0)
     assert_colour(pixels[:16, :16], RED, tolerance=0)
     assert_colour(pixels[16:240, 16:240], GREEN, tolerance=0)
 
