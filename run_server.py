@@ -66,11 +66,12 @@ def create_app(config: Settings | None = None) -> Flask:
         response.headers["X-Request-ID"] = g.get("trace_id", "")
         response.headers["X-Served-By"] = served_by
         if request.endpoint == "predict":
+            elapsed_s = time.perf_counter() - g.started
             metrics.REQUESTS.labels(str(response.status_code)).inc()
-            metrics.LATENCY.observe(time.perf_counter() - g.started)
+            metrics.LATENCY.observe(elapsed_s)
             log.info("predict %s", response.status_code, extra={
                 "trace_id": g.trace_id, "job": g.job_id, "status": response.status_code,
-                "ms": round((time.perf_counter() - g.started) * 1000, 1)})
+                "ms": round(elapsed_s * 1000, 1)})
         return response
 
     @app.errorhandler(GatewayError)
