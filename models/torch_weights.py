@@ -154,7 +154,7 @@ def _materialise(ref: _TensorRef, storage: np.ndarray) -> np.ndarray:
     """Copy a (possibly strided) view out of its storage; torch strides count elements."""
     if len(ref.shape) != len(ref.stride):
         raise WeightsError("tensor shape and stride disagree")
-    extent = ref.offset + sum((n - 1) * s for n, s in zip(ref.shape, ref.stride)) + 1
+    extent = ref.offset + sum((n - 1) * s for n, s in zip(ref.shape, ref.stride, strict=True)) + 1
     if min(ref.shape, default=1) > 0 and (ref.offset < 0 or extent > storage.size):
         raise WeightsError("tensor lies outside its storage")
     base = storage[ref.offset:]

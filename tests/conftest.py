@@ -12,11 +12,10 @@ from pathlib import Path
 import pytest
 import redis
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import settings as settings_module
+from redis_server import RedisServer, free_port
 
-import settings as settings_module  # noqa: E402
-from redis_server import RedisServer, free_port  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 DATA = ROOT / "tests" / "data"
 ARTIFACTS = ROOT / "tests" / "artifacts"
@@ -73,7 +72,7 @@ class ServerThread:
     """The app behind the embedded default's web server (cheroot) on a free loopback port, in a thread."""
 
     def __init__(self, app, config):
-        from run_server import make_server
+        from embedded import make_server
         self.port = free_port()
         self.server = make_server(app, dataclasses.replace(config, host="127.0.0.1", port=self.port))
         self.server.prepare()

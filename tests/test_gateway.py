@@ -65,9 +65,7 @@ def variants(count: int) -> list[bytes]:
 
 
 def expected_top(classifier, data: bytes) -> tuple[int, float]:
-    spec = classifier.spec
-    array = imaging.prepare_image(data, size=spec.input_size, crop_fraction=spec.crop_fraction,
-                                  resample=spec.resample, max_pixels=10**8)
+    array = imaging.prepare_image(data, classifier.spec, max_pixels=10**8)
     probabilities = classifier.predict(array[None])[0]
     return int(np.argmax(probabilities)), float(np.max(probabilities))
 
@@ -121,7 +119,7 @@ def test_fifty_concurrent_requests_each_get_their_own_answer(batch_wait_ms, redi
 
     with ThreadPoolExecutor(50) as pool:
         bodies = list(pool.map(post, images))
-    for body, (class_id, probability) in zip(bodies, expected):
+    for body, (class_id, probability) in zip(bodies, expected, strict=True):
         assert body["success"], body
         assert body["predictions"][0]["class_id"] == class_id
         assert body["predictions"][0]["probability"] == pytest.approx(probability, abs=2e-3)

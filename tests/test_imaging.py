@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import io
 import struct
-from concurrent.futures import ThreadPoolExecutor
 import warnings
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -16,6 +16,7 @@ from PIL import Image
 
 import errors
 import imaging
+from models import ModelSpec
 
 RED, GREEN, BLUE, WHITE = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)
 MAX_PIXELS = 50_000_000
@@ -29,8 +30,8 @@ def encode(image: Image.Image, image_format: str, **options) -> bytes:
 
 def prepare(data: bytes, *, size: int = 224, crop_fraction: float = 0.875,
             resample: str = "bilinear", max_pixels: int = MAX_PIXELS) -> np.ndarray:
-    return imaging.prepare_image(data, size=size, crop_fraction=crop_fraction,
-                                 resample=resample, max_pixels=max_pixels)
+    spec = ModelSpec("test", size, crop_fraction, resample, ("a",))
+    return imaging.prepare_image(data, spec, max_pixels=max_pixels)
 
 
 def assert_model_input(pixels: np.ndarray, size: int = 224) -> None:
@@ -153,7 +154,7 @@ def test_refused_formats_never_reach_their_pillow_plugin(monkeypatch):
         raise AssertionError("a refused format's plugin was called")
 
     Image.init()
-    for format_name, (factory, accept) in list(Image.OPEN.items()):
+    for format_name, (_factory, accept) in list(Image.OPEN.items()):
         if format_name not in imaging.ALLOWED_FORMATS:
             monkeypatch.setitem(Image.OPEN, format_name, (must_not_open, accept))
     for name, data in REFUSED_SAMPLES.items():

@@ -206,14 +206,14 @@ def test_probabilities_and_top5_match_the_reference(classifier, golden):
     probabilities = classifier.predict(golden["pixels"])
     reference = _softmax(golden["logits"])
     assert np.abs(probabilities - reference).max() < 1e-4
-    for mine, theirs in zip(probabilities, reference):
+    for mine, theirs in zip(probabilities, reference, strict=True):
         assert list(np.argsort(-mine)[:5]) == list(np.argsort(-theirs)[:5])
 
 
 def test_top1_labels_on_real_photos(classifier, golden):
     probabilities = classifier.predict(golden["pixels"].astype(np.float32))
     labels = classifier.spec.labels
-    top1 = {str(name): labels[int(row.argmax())] for name, row in zip(golden["names"], probabilities)}
+    top1 = {str(name): labels[int(row.argmax())] for name, row in zip(golden["names"], probabilities, strict=True)}
     assert top1 == EXPECTED_TOP1
 
 

@@ -105,15 +105,16 @@ def test_claimed_jobs_stay_in_processing_until_acked(queue, redis_client):
 def test_result_hand_off_wakes_the_waiter_and_expires(queue, redis_client):
     def publish_later():
         time.sleep(0.2)
-        queue.publish([protocol.success_result("r1", [{"label": "x", "class_id": 1, "probability": 0.5}])], ttl_s=30)
+        queue.publish([protocol.Result.ok("r1", predictions=[{"label": "x", "class_id": 1, "probability": 0.5}])],
+                      ttl_s=30)
 
     threading.Thread(target=publish_later).start()
     started = time.monotonic()
     result = queue.wait_result("r1", 5.0)
-    assert result["success"] and result["predictions"][0]["label"] == "x"
+    assert result.success and result.output["predictions"][0]["label"] == "x"
     assert time.monotonic() - started < 2.0
     assert not redis_client.exists(queue.keys.result("r1"))    # consumed by the waiter
-    queue.publish([protocol.success_result("r2", [])], ttl_s=30)
+    queue.publish([protocol.Result.ok("r2", predictions=[])], ttl_s=30)
     assert 0 < redis_client.ttl(queue.keys.result("r2")) <= 30  # an unclaimed result expires
     assert queue.wait_result("nobody", 0.2) is None
 
@@ -144,7 +145,7 @@ def test_a_job_that_keeps_killing_workers_is_dead_lettered_with_an_error_result(
     assert queue.depth() == 0
     assert redis_client.llen(queue.keys.dead_letter) == 1
     result = queue.wait_result("poison", 1.0)
-    assert result["success"] is False and result["error"]["code"] == "INFERENCE_FAILED"
+    assert result.success is False and result.error["code"] == "INFERENCE_FAILED"
 
 
 def test_release_returns_held_jobs_to_the_queue_head_in_order(queue):

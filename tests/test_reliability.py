@@ -14,12 +14,11 @@ import pytest
 import redis
 import requests
 from PIL import Image
+from test_gateway import CountingClassifier, expected_top, variants
 
 import protocol
-from conftest import (ARTIFACTS, DATA, ServerThread, WorkerThread, make_config, start_worker_process,
-                      wait_for)
+from conftest import ARTIFACTS, DATA, ServerThread, WorkerThread, make_config, start_worker_process, wait_for
 from redis_server import RedisServer
-from test_gateway import CountingClassifier, expected_top, variants
 
 
 def post_bytes(url: str, payload: bytes, timeout: float = 60, **kwargs) -> requests.Response:
@@ -53,7 +52,7 @@ def test_kill_9_of_a_worker_mid_batch_loses_no_request(redis_url, redis_client, 
             os.kill(victim.pid, signal.SIGKILL)
             responses = [future.result() for future in futures]
         assert [r.status_code for r in responses] == [200] * 40, [r.text for r in responses if r.status_code != 200]
-        for response, (class_id, _) in zip(responses, expected):
+        for response, (class_id, _) in zip(responses, expected, strict=True):
             assert response.json()["predictions"][0]["class_id"] == class_id
         assert queue.stats()["requeued"] >= 1               # the victim's batch was recovered
         assert not redis_client.exists(queue.keys.processing(victim_id))
