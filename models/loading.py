@@ -7,6 +7,8 @@ import os
 
 from models.classifier import Classifier
 from models.errors import ModelError, WeightsError
+from models.lite_variants import LITE_VARIANTS
+from models.repository import VersionDir, read_config, version_spec
 from models.spec import DEFAULT_MODEL, KERAS_APPS, ModelSpec, get_spec
 
 
@@ -20,17 +22,17 @@ def load_model(name: str = DEFAULT_MODEL, *, weights_path: str | None = None,
                labels_path: str | None = None) -> Classifier:
     """Build the model, load its weights from disk only, and compile its predict path."""
     spec = get_spec(name, weights_path=weights_path, labels_path=labels_path)
-    if name == DEFAULT_MODEL:
-        return _load_efficientnet_lite0(spec, weights_path)
+    if name in LITE_VARIANTS:
+        return _load_efficientnet_lite(spec, weights_path)
     if name in KERAS_APPS:
         return _load_keras_app(spec, weights_path)
     return _load_keras_file(spec, name)
 
 
-def _load_efficientnet_lite0(spec: ModelSpec, weights_path: str | None) -> Classifier:
-    from models.efficientnet_lite import load_efficientnet_lite0, preprocess_input
+def _load_efficientnet_lite(spec: ModelSpec, weights_path: str | None) -> Classifier:
+    from models.efficientnet_lite import load_efficientnet_lite, preprocess_input
 
-    model = load_efficientnet_lite0(weights_path)
+    model = load_efficientnet_lite(spec.name, weights_path)
     _check_label_count(spec, model)
     return Classifier(spec, model, preprocess_input)
 
@@ -58,14 +60,36 @@ def _load_keras_app(spec: ModelSpec, weights_path: str | None) -> Classifier:
 
 def _load_keras_file(spec: ModelSpec, path: str) -> Classifier:
     """A user model takes float32 RGB 0..255 and carries its own normalisation layers."""
+    return _keras_classifier(spec, _read_keras_file(path), "none")
+
+
+def load_repository_version(version: VersionDir) -> Classifier:
+    """A model repository version (see models/repository.py): model.keras with its config and labels."""
+    config = read_config(version)
+    model = _read_keras_file(str(version.path / "model.keras"))
+    spec = version_spec(version, model.outputs[0].shape[-1])
+    return _keras_classifier(spec, model, config.get("preprocessing", "none"))
+
+
+def _keras_classifier(spec: ModelSpec, model, preprocessing: str) -> Classifier:
+    _check_label_count(spec, model)
+    return Classifier(spec, model, PREPROCESSING[preprocessing], apply_softmax=not _ends_in_softmax(model))
+
+
+def _read_keras_file(path: str):
     import keras
 
     try:
-        model = keras.saving.load_model(path, compile=False)
-    except (ValueError, OSError, TypeError) as exc:
+        return keras.saving.load_model(path, compile=False)
+    except (ValueError, OSError, TypeError, KeyError, AttributeError) as exc:
         raise ModelError(f"cannot load {path}: {exc}") from exc
-    _check_label_count(spec, model)
-    return Classifier(spec, model, lambda pixels: pixels, apply_softmax=not _ends_in_softmax(model))
+
+
+PREPROCESSING = {
+    "none": lambda pixels: pixels,
+    "unit": lambda pixels: pixels / 255.0,
+    "symmetric": lambda pixels: pixels / 127.5 - 1.0,
+}
 
 
 def _check_label_count(spec: ModelSpec, model) -> None:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from models.errors import ModelError, ModelNotFoundError
+from models.lite_variants import LITE_VARIANTS
 
 DEFAULT_MODEL = "efficientnet_lite0"
 IMAGENET_LABELS = Path(__file__).with_name("imagenet_classes.txt")
@@ -25,6 +26,7 @@ class ModelSpec:
     crop_fraction: float  # resize shorter side to round(input_size / crop_fraction), center-crop
     resample: str  # "bilinear" or "bicubic" (Pillow filter name, lower-case)
     labels: tuple[str, ...]  # class names by class id
+    kind: str = "classifier"  # "classifier" (predictions) or "detector" (detections)
 
 
 @dataclass(frozen=True)
@@ -72,7 +74,7 @@ KERAS_APPS: dict[str, KerasApp] = {
 
 def known_models() -> list[str]:
     """Model names accepted by get_spec/load_model (besides a path to a .keras file)."""
-    return [DEFAULT_MODEL, *KERAS_APPS]
+    return [*LITE_VARIANTS, *KERAS_APPS]
 
 
 def is_keras_file(name: str) -> bool:
@@ -84,8 +86,9 @@ def get_spec(name: str = DEFAULT_MODEL, *, weights_path: str | None = None,
     """The spec of a model, without loading it. weights_path is accepted for symmetry with
     load_model; the spec never depends on it."""
     del weights_path
-    if name == DEFAULT_MODEL:
-        return ModelSpec(name, 224, STANDARD_CROP, "bicubic", read_labels(labels_path))
+    if name in LITE_VARIANTS:
+        lite = LITE_VARIANTS[name]
+        return ModelSpec(name, lite.input_size, lite.crop_fraction, "bicubic", read_labels(labels_path))
     if name in KERAS_APPS:
         app = KERAS_APPS[name]
         return ModelSpec(name, app.input_size, STANDARD_CROP, app.resample,
