@@ -14,6 +14,8 @@ import time
 
 import redis
 
+import processes
+
 
 def find_binary(configured: str | None = None) -> str:
     """The redis-server to run, or a RuntimeError saying how to get one."""
@@ -56,11 +58,10 @@ class RedisServer:
     def url(self) -> str:
         return f"redis://{self.host}:{self.port}/0"
 
-    def start(self, timeout_s: float = 10.0) -> "RedisServer":
+    def start(self, timeout_s: float = 10.0) -> RedisServer:
         args = [self.binary, "--port", str(self.port), "--bind", self.host, "--save", "",
                 "--appendonly", "no", "--dir", self.workdir, "--protected-mode", "yes", *self.extra_args]
-        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                        start_new_session=self.new_session)
+        self.process = processes.start(args, new_session=self.new_session)
         client = redis.Redis(host=self.host, port=self.port, socket_connect_timeout=0.5)
         deadline = time.monotonic() + timeout_s
         while True:
@@ -69,28 +70,22 @@ class RedisServer:
                 return self
             except (redis.AuthenticationError, redis.ResponseError):
                 return self                      # it answers; it just wants a password
-            except redis.ConnectionError:
+            except redis.ConnectionError as error:
                 if self.process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"redis-server ({self.binary}) did not start on port {self.port}")
+                    raise RuntimeError(f"redis-server ({self.binary}) did not start on port {self.port}") from error
                 time.sleep(0.02)
             finally:
                 client.close()
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        processes.stop(self.process, timeout_s=5)
 
     def close(self) -> None:
         """Stop the server and remove its working directory (a stopped server can `start()` again)."""
         self.stop()
         shutil.rmtree(self.workdir, ignore_errors=True)
 
-    def __enter__(self) -> "RedisServer":
+    def __enter__(self) -> RedisServer:
         return self.start()
 
     def __exit__(self, *exc) -> None:

@@ -1,6 +1,6 @@
 """Time imaging.prepare_image per request-sized image, with and without JPEG draft decoding.
 
-    python bench/imaging_bench.py [--repeat 20] [--size 224] [--crop-fraction 0.875]
+    python -m bench.imaging_bench [--repeat 20] [--size 224] [--crop-fraction 0.875]
 
 Inputs are generated here from scikit-image's astronaut photo (a synthetic one without
 scikit-image), scaled. For each image it prints
@@ -12,16 +12,14 @@ from __future__ import annotations
 import argparse
 import io
 import statistics
-import sys
 import time
-from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import imaging  # noqa: E402
+import imaging
+from models import ModelSpec
 
 MAX_PIXELS = 100_000_000
 
@@ -57,14 +55,15 @@ def median_ms(work: Callable[[], object], repeat: int) -> float:
 
 
 def bench_one(name: str, encoded: bytes, args: argparse.Namespace) -> None:
-    settings = {"size": args.size, "crop_fraction": args.crop_fraction, "resample": args.resample}
+    spec = ModelSpec("imaging_bench", args.size, args.crop_fraction, args.resample, labels=())
 
     def with_draft() -> np.ndarray:
-        return imaging.prepare_image(encoded, max_pixels=MAX_PIXELS, **settings)
+        return imaging.prepare_image(encoded, spec, max_pixels=MAX_PIXELS)
 
     def full_decode() -> np.ndarray:
         image = imaging.decode_image(encoded, max_pixels=MAX_PIXELS, draft_size=None)
-        return imaging.resize_center_crop(image, **settings)
+        return imaging.resize_center_crop(image, size=spec.input_size, crop_fraction=spec.crop_fraction,
+                                          resample=spec.resample)
 
     draft_ms = median_ms(with_draft, args.repeat)
     full_ms = median_ms(full_decode, args.repeat)
@@ -74,7 +73,7 @@ def bench_one(name: str, encoded: bytes, args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.imaging_bench", description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=20)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--crop-fraction", type=float, default=0.875)

@@ -17,10 +17,10 @@ import random
 import threading
 import time
 import urllib.parse
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 from PIL import Image, ImageEnhance
@@ -47,6 +47,7 @@ class PhotoRecipe:
     seed: int = 0
 
 
+DEFAULT_RECIPE = PhotoRecipe()
 _SOURCES: list[Image.Image] = []
 
 
@@ -59,7 +60,7 @@ def _source_photos(photo_dir: str) -> list[Image.Image]:
     return _SOURCES
 
 
-def make_photo(index: int, recipe: PhotoRecipe = PhotoRecipe(), photo_dir: str = str(PHOTO_DIR)) -> bytes:
+def make_photo(index: int, recipe: PhotoRecipe = DEFAULT_RECIPE, photo_dir: str = str(PHOTO_DIR)) -> bytes:
     """The index-th distinct JPEG of the pool (deterministic for a seed; the index is in a comment,
     so two indices never give the same bytes)."""
     rng = random.Random(recipe.seed * 1_000_003 + index)
@@ -85,7 +86,7 @@ def _make_photos(args: tuple[range, PhotoRecipe, str]) -> list[bytes]:
     return [make_photo(i, recipe, photo_dir) for i in indices]
 
 
-def make_photos(start: int, count: int, recipe: PhotoRecipe = PhotoRecipe(), processes: int = 1,
+def make_photos(start: int, count: int, recipe: PhotoRecipe = DEFAULT_RECIPE, processes: int = 1,
                 photo_dir: str = str(PHOTO_DIR)) -> list[bytes]:
     """JPEGs number start .. start+count-1, built on `processes` cores (before any measurement)."""
     if count <= 0:
@@ -119,7 +120,7 @@ class BodyPool:
         self._lock = threading.Lock()
 
     @classmethod
-    def from_jpegs(cls, jpegs: Sequence[bytes]) -> "BodyPool":
+    def from_jpegs(cls, jpegs: Sequence[bytes]) -> BodyPool:
         return cls([multipart_body(jpeg) for jpeg in jpegs])
 
     def extend_jpegs(self, jpegs: Sequence[bytes]) -> None:

@@ -6,7 +6,6 @@ import math
 import os
 from pathlib import Path
 
-
 NOISY_CORES = 0.25     # CPU cores used by other processes above which a run is flagged as noisy
 
 
@@ -77,15 +76,17 @@ def format_table(result: dict) -> str:
     lines = [f"{'concurrency':>11} {'images/s':>9} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'errors':>7}"
              f" {'batch':>6} {'model busy':>10} {'cpu ms/img':>10} {'other cores':>11}"]
     for c, level in result["per_concurrency"].items():
-        lines.append(f"{c:>11} {_fmt(level['images_per_s'], 9)} {_fmt(level['p50_ms'], 8)} {_fmt(level['p90_ms'], 8)}"
-                     f" {_fmt(level['p99_ms'], 8)} {level['errors']:>7} {_fmt(level.get('mean_batch_size'), 6)}"
-                     f" {_fmt(level.get('model_busy_fraction'), 10, 2)} {_fmt(level.get('gateway_cpu_ms_per_image'), 10)}"
+        lines.append(f"{c:>11} {_fmt(level['images_per_s'], 9)} {_fmt(level['p50_ms'], 8)}"
+                     f" {_fmt(level['p90_ms'], 8)} {_fmt(level['p99_ms'], 8)} {level['errors']:>7}"
+                     f" {_fmt(level.get('mean_batch_size'), 6)} {_fmt(level.get('model_busy_fraction'), 10, 2)}"
+                     f" {_fmt(level.get('gateway_cpu_ms_per_image'), 10)}"
                      f" {_fmt(level.get('other_processes_cores'), 11, 2)}")
     lines.append("")
     raw_row = f"raw model: {_fmt(result['raw_images_per_s'], 0)} images/s (best, batch {result['raw_best_batch_size']})"
     raw_row += f", batch 1 {_fmt(result['raw_batch1_ms'], 0, 1).strip()} ms"
     lines.append(raw_row)
-    lines.append(f"gateway:   {_fmt(result['gateway_images_per_s'], 0)} images/s (best, c={result['gateway_best_concurrency']})"
+    lines.append(f"gateway:   {_fmt(result['gateway_images_per_s'], 0)} images/s"
+                 f" (best, c={result['gateway_best_concurrency']})"
                  f"  ratio {_fmt(result['ratio'], 0, 3).strip()}  p50 at c=1 {_fmt(result['p50_ms_c1'], 0).strip()} ms"
                  f"  errors {result['errors']}")
     noise = [v for v in [result.get("raw_other_processes_cores")] +
@@ -126,7 +127,7 @@ def plot(result: dict, path: str | os.PathLike) -> None:
         left.axhline(raw, color="tab:red", linestyle="--",
                      label=f"raw model, best batch ({result.get('raw_best_batch_size')}): {raw:.0f}/s")
         left.axhline(0.85 * raw, color="tab:red", linestyle=":", alpha=0.6, label="0.85 x raw (target)")
-    for c, value, level in zip(concurrency, throughput, levels.values()):
+    for c, value, level in zip(concurrency, throughput, levels.values(), strict=True):
         left.annotate(f"{value:.0f}" + (f"\n{level['errors']} err" if level["errors"] else ""),
                       (c, value), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8)
     left.set(xscale="log", xlabel="concurrent clients (closed loop)", ylabel="images / s",
@@ -141,11 +142,13 @@ def plot(result: dict, path: str | os.PathLike) -> None:
               title="Latency per request")
     shown = [v for v in p50 + p99 + [result.get("raw_batch1_ms") or math.nan] if not math.isnan(v)]
     if shown:   # readable 1-2-5 ticks: a log axis over less than a decade would show one label
-        ticks = [m * 10 ** e for e in range(-1, 6) for m in (1, 2, 5) if min(shown) / 2 <= m * 10 ** e <= max(shown) * 2]
+        ticks = [m * 10 ** e for e in range(-1, 6) for m in (1, 2, 5)
+                 if min(shown) / 2 <= m * 10 ** e <= max(shown) * 2]
         right.set_yticks(ticks, [f"{t:g}" for t in ticks])
-    for c, value in zip(concurrency, p50):
+    for c, value in zip(concurrency, p50, strict=True):
         if not math.isnan(value):
-            right.annotate(f"{value:.0f}", (c, value), textcoords="offset points", xytext=(0, -12), ha="center", fontsize=8)
+            right.annotate(f"{value:.0f}", (c, value), textcoords="offset points", xytext=(0, -12), ha="center",
+                           fontsize=8)
     for axis in (left, right):
         axis.set_xticks(concurrency, [str(c) for c in concurrency])
         axis.minorticks_off()
@@ -153,7 +156,8 @@ def plot(result: dict, path: str | os.PathLike) -> None:
         axis.grid(True, alpha=0.3)
         axis.legend(fontsize=8, loc="best")
     machine, settings = result.get("machine", {}), result.get("settings", {})
-    figure.suptitle(f"{settings.get('model', '')}  batch {settings.get('batch_size', '')}  wire {settings.get('wire_dtype', '')}"
+    figure.suptitle(f"{settings.get('model', '')}  batch {settings.get('batch_size', '')}"
+                    f"  wire {settings.get('wire_dtype', '')}"
                     f"  |  {machine.get('cpu_model', '')} x{machine.get('nproc', '')}  |  {machine.get('date', '')}",
                     fontsize=9)
     figure.tight_layout()

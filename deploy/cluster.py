@@ -1,17 +1,15 @@
 """A whole gateway on loopback: redis-server, N gunicorn web servers, M model workers, nginx in front.
 
-    python deploy/cluster.py --web 2 --workers 2 --port 8080
+    python -m deploy.cluster --web 2 --workers 2 --port 8080
 
 Stays in the foreground; Ctrl-C or SIGTERM stops everything it started, in an order that loses no
 request: workers first (they return the jobs they claimed), then the web servers (they finish the
 requests they hold), then nginx, then Redis. Settings come from the environment as for every
-process of the gateway (HEARTBEAT_TTL=2 python deploy/cluster.py ...). Tests use `Cluster` directly.
+process of the gateway (HEARTBEAT_TTL=2 python -m deploy.cluster ...). Tests use `Cluster` directly.
 """
 from __future__ import annotations
 
 import argparse
-import ctypes
-import json
 import os
 import signal
 import subprocess
@@ -19,22 +17,18 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections import deque
-from typing import Callable
+from collections.abc import Callable
+
+import processes
+import settings as settings_module
+from deploy import nginx_conf
+from redis_server import RedisServer, free_port
 
 DEPLOY_DIR = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(DEPLOY_DIR)
-for _path in (ROOT, DEPLOY_DIR):
-    if _path not in sys.path:
-        sys.path.insert(0, _path)
-
-import nginx_conf  # noqa: E402
-import settings as settings_module  # noqa: E402
-from redis_server import RedisServer, free_port  # noqa: E402
-
 GUNICORN_CONF = os.path.join(DEPLOY_DIR, "gunicorn.conf.py")
+PROBE_TIMEOUT_S = 3.0   # of each readiness GET
 # Variables the cluster sets per process; inherited values would give every process the same one.
 PER_PROCESS = ("PORT", "SERVER_NAME", "METRICS_PORT", "PROMETHEUS_MULTIPROC_DIR", "GATEWAY_OWNS_PROMETHEUS_DIR")
 
@@ -45,14 +39,6 @@ class ClusterError(RuntimeError):
 
 class ClusterStopped(Exception):
     """start() was interrupted by stop_requested (Ctrl-C while starting)."""
-
-
-def _die_with_parent() -> None:
-    """In the child: get SIGTERM if the launcher dies without stopping us (Linux only)."""
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
 
 
 class Child:
@@ -66,12 +52,10 @@ class Child:
         self.process: subprocess.Popen | None = None
         self.stopped_on_purpose = False
 
-    def start(self) -> "Child":
-        with open(self.log_path, "ab") as log:
-            # Own session: a Ctrl-C in the terminal reaches only the launcher, which stops us in order.
-            self.process = subprocess.Popen(self.args, env=self.env, cwd=ROOT, stdout=log,
-                                            stderr=subprocess.STDOUT, start_new_session=True,
-                                            preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+    def start(self) -> Child:
+        # Own session: a Ctrl-C in the terminal reaches only the launcher, which stops us in order.
+        self.process = processes.start(self.args, log_path=self.log_path, append=True, env=self.env, cwd=ROOT,
+                                       new_session=True, die_with_parent=True)
         return self
 
     @property
@@ -90,18 +74,12 @@ class Child:
 
     def wait_stopped(self, timeout_s: float) -> int | None:
         """Wait for the exit; SIGKILL after `timeout_s`. Returns the exit code."""
-        if self.process is None:
-            return None
-        try:
-            return self.process.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            return self.process.wait()
+        return processes.wait_or_kill(self.process, timeout_s) if self.process else None
 
     def terminate(self, timeout_s: float = 30.0) -> int | None:
         """Graceful stop and wait (tests: `cluster.web[0].terminate()`)."""
-        self.send_stop()
-        return self.wait_stopped(timeout_s)
+        self.stopped_on_purpose = True
+        return processes.stop(self.process, timeout_s, self.stop_signal)
 
     def kill(self) -> int | None:
         """SIGKILL: no goodbye (a crashed worker leaves its heartbeat to expire)."""
@@ -112,7 +90,7 @@ class Child:
 
     def tail(self, lines: int = 20) -> str:
         try:
-            with open(self.log_path, "r", encoding="utf-8", errors="replace") as log:
+            with open(self.log_path, encoding="utf-8", errors="replace") as log:
                 return "".join(deque(log, maxlen=lines))
         except OSError:
             return ""
@@ -153,7 +131,7 @@ class Cluster:
         return self.workers + self.web + ([self.nginx] if self.nginx else [])
 
     # --------------------------------------------------------------------------------- start
-    def start(self, timeout_s: float = 180.0) -> "Cluster":
+    def start(self, timeout_s: float = 180.0) -> Cluster:
         """Start every process, then wait until /readyz through nginx is 200 and all workers are live."""
         os.makedirs(self.run_dir, exist_ok=True)
         if os.geteuid() == 0:   # nginx's workers drop to `nobody`, which must reach the temp paths
@@ -233,19 +211,20 @@ class Cluster:
 
     def ready(self) -> bool:
         """Every web server up, /readyz through nginx 200, and every started worker heartbeating."""
-        if not all(get(child.url + "/healthz")[0] == 200 for child in self.web):
+        if not all(processes.http_get(child.url + "/healthz", PROBE_TIMEOUT_S)[0] == 200 for child in self.web):
             return False
-        if get(self.url + "/readyz")[0] != 200:
+        if processes.http_get(self.url + "/readyz", PROBE_TIMEOUT_S)[0] != 200:
             return False
         return self.live_workers() >= sum(child.alive for child in self.workers)
 
     def live_workers(self) -> int:
-        status, body = get(self.url + "/status")
-        return len(json.loads(body).get("workers", [])) if status == 200 else -1
+        status = processes.get_json(self.url + "/status", PROBE_TIMEOUT_S)
+        return len(status.get("workers", [])) if isinstance(status, dict) else -1
 
     def why_not_ready(self) -> str:
-        status, body = get(self.url + "/readyz")
-        return f"GET {self.url}/readyz answered {status} {body[:200]!r}; live workers {self.live_workers()}"
+        status, body = processes.http_get(self.url + "/readyz", PROBE_TIMEOUT_S)
+        return (f"GET {self.url}/readyz answered {status} {body[:200].decode(errors='replace')!r}; "
+                f"live workers {self.live_workers()}")
 
     def check_alive(self) -> None:
         """Raise ClusterError naming the first process that died unasked, with the end of its log."""
@@ -274,27 +253,17 @@ class Cluster:
         for child in children:
             child.wait_stopped(timeout_s)
 
-    def __enter__(self) -> "Cluster":
+    def __enter__(self) -> Cluster:
         return self.start()
 
     def __exit__(self, *exc) -> None:
         self.stop()
 
 
-def get(url: str, timeout_s: float = 3.0) -> tuple[int, str]:
-    """(status, body) of a GET; status 0 when the connection failed."""
-    try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as response:
-            return response.status, response.read().decode("utf-8", "replace")
-    except urllib.error.HTTPError as error:
-        return error.code, error.read().decode("utf-8", "replace")
-    except (urllib.error.URLError, OSError):
-        return 0, ""
-
-
 # ------------------------------------------------------------------------------------ command line
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Run the gateway on loopback: Redis, web servers, workers, nginx.")
+    parser = argparse.ArgumentParser(prog="python -m deploy.cluster",
+                                     description="Run the gateway on loopback: Redis, web servers, workers, nginx.")
     parser.add_argument("--web", type=int, default=2, help="web servers (gunicorn), default 2")
     parser.add_argument("--workers", type=int, default=2, help="model workers (classify_worker.py), default 2")
     parser.add_argument("--port", type=int, default=8080, help="nginx's port, default 8080")

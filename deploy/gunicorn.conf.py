@@ -16,15 +16,17 @@ import glob
 import math
 import os
 import shutil
-import sys
 import tempfile
 
+# The gateway's own settings, so limits agree with the app. gunicorn puts its working directory on
+# sys.path before it reads this file: run it from the checkout's root (systemd: WorkingDirectory).
+try:
+    import settings as _settings
+except ModuleNotFoundError as error:
+    raise SystemExit("deploy/gunicorn.conf.py: cannot import settings; start gunicorn in the gateway's "
+                     "checkout directory (cd /opt/gateway && gunicorn -c deploy/gunicorn.conf.py ...)") from error
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
-
-import settings as _settings  # noqa: E402  (the gateway's settings, so limits agree with the app)
-
 _config = _settings.load()
 
 bind = [f"{_config.host}:{_config.port}"]

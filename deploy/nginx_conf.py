@@ -1,6 +1,6 @@
 """Render deploy/nginx.conf.template for a list of web servers, with limits taken from the settings.
 
-    python deploy/nginx_conf.py --upstream 10.0.1.11:5000 --upstream 10.0.1.12:5000 \\
+    python -m deploy.nginx_conf --upstream 10.0.1.11:5000 --upstream 10.0.1.12:5000 \\
         --listen 0.0.0.0:80 --prefix /var/lib/gateway-nginx > /etc/gateway/nginx.conf
 
 client_max_body_size is MAX_UPLOAD_BYTES and proxy_read_timeout outlasts REQUEST_TIMEOUT, read from
@@ -15,15 +15,11 @@ import re
 import shutil
 import sys
 
+import settings as settings_module
+
 DEPLOY_DIR = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(DEPLOY_DIR)
 TEMPLATE = os.path.join(DEPLOY_DIR, "nginx.conf.template")
 SEARCH_PATH = ("/usr/sbin", "/usr/local/sbin", "/usr/local/nginx/sbin", "/opt/homebrew/bin", "/usr/local/bin")
-
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
-
-import settings as settings_module  # noqa: E402
 
 
 def find_nginx(configured: str | None = None) -> str:
@@ -46,12 +42,13 @@ def render(upstreams: list[str], listen: str, prefix: str, config: settings_modu
         raise ValueError("nginx needs at least one upstream web server")
     config = config or settings_module.load()
     connect_timeout = 2
+    servers = [f"        server {address} max_fails=3 fail_timeout=5s;" for address in upstreams]
     values = {
         "user_line": f"user {user};" if user else "",
         "worker_processes": str(worker_processes),
         "prefix": prefix.rstrip("/"),
         "listen": listen,
-        "upstream_servers": "\n".join(f"        server {address} max_fails=3 fail_timeout=5s;" for address in upstreams),
+        "upstream_servers": "\n".join(servers),
         "client_max_body_size": str(config.max_upload_bytes),
         "read_timeout": str(math.ceil(config.request_timeout) + 5),
         "connect_timeout": str(connect_timeout),
@@ -80,7 +77,7 @@ def command(nginx_bin: str, prefix: str, conf_path: str) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m deploy.nginx_conf", description=__doc__.splitlines()[0])
     parser.add_argument("--upstream", action="append", required=True, help="a web server host:port (repeat)")
     parser.add_argument("--listen", default="0.0.0.0:80", help="nginx's listen address")
     parser.add_argument("--prefix", default="/var/lib/gateway-nginx", help="directory for pid, logs, temp files")

@@ -15,7 +15,10 @@ from PIL import Image
 
 import imaging
 from bench import loadgen, report
+from models import ModelSpec
 from redis_server import free_port
+
+SPEC_224 = ModelSpec("test", 224, 0.875, "bilinear", ("a",))
 
 
 class FakeGateway:
@@ -129,7 +132,7 @@ def test_photos_are_distinct_real_jpegs_in_the_size_range(photos):
         with Image.open(io.BytesIO(jpeg)) as image:
             assert image.format == "JPEG"
             assert 300 <= min(image.size) <= 800
-        array = imaging.prepare_image(jpeg, size=224, crop_fraction=0.875, resample="bilinear", max_pixels=10**8)
+        array = imaging.prepare_image(jpeg, SPEC_224, max_pixels=10**8)
         assert array.shape == (224, 224, 3)
     assert loadgen.make_photo(3) == photos[3]              # deterministic for a seed
 
@@ -142,8 +145,7 @@ def test_an_exhausted_pool_still_sends_new_bytes_that_decode(photos):
     head, tail = len(loadgen.MULTIPART_HEAD), len(loadgen.MULTIPART_TAIL)
     for body in bodies[3:6]:
         assert body.startswith(loadgen.MULTIPART_HEAD) and body.endswith(loadgen.MULTIPART_TAIL)
-        array = imaging.prepare_image(body[head:-tail], size=224, crop_fraction=0.875, resample="bilinear",
-                                      max_pixels=10**8)
+        array = imaging.prepare_image(body[head:-tail], SPEC_224, max_pixels=10**8)
         assert array.shape == (224, 224, 3)
 
 
@@ -191,18 +193,18 @@ def test_report_has_the_issue_keys_and_draws_a_png(tmp_path):
 
 
 def test_cpu_accounting_and_metrics_helpers():
-    import bench.__main__ as bench_main
+    from bench import scrape, system
 
     np.linalg.svd(np.random.default_rng(0).normal(size=(300, 300)))   # burn a little CPU
-    own = bench_main.tree_cpu(os.getpid())
+    own = system.tree_cpu(os.getpid())
     assert own and sum(own.values()) > 0
     text = ('gateway_batch_size_bucket{le="1.0"} 2.0\ngateway_batch_size_bucket{le="+Inf"} 5.0\n'
             "gateway_batch_size_count 5.0\ngateway_batch_size_sum 40.0\ngateway_inference_seconds_sum 0.5\n")
     parsed = {}
     for line in text.splitlines():
-        match = bench_main.METRIC_LINE.match(line)
+        match = scrape.METRIC_LINE.match(line)
         parsed[match.group(1) + (match.group(2) or "")] = float(match.group(3))
-    diagnostics = bench_main.level_diagnostics({}, parsed, window_s=1.0)
+    diagnostics = scrape.level_diagnostics({}, parsed, window_s=1.0)
     assert diagnostics["mean_batch_size"] == 8.0 and diagnostics["batches"] == 5
     assert diagnostics["model_busy_fraction"] == 0.5
     assert diagnostics["batch_size_buckets"] == {"1.0": 2, "+Inf": 5}
@@ -220,12 +222,12 @@ def test_command_line_defaults():
 def test_stage_costs_run_the_gateway_code_against_a_real_redis(photos):
     """The per-stage breakdown calls the gateway's own functions and Redis protocol: it must keep up
     with them (it once called a JobQueue method that no longer existed)."""
-    import bench.__main__ as bench_main
     import models
     import settings as settings_module
+    from bench import stages
 
     config = settings_module.load({})
-    costs, details = bench_main.stage_costs(photos, models.get_spec(config.model), config)
+    costs, details = stages.stage_costs(photos, models.get_spec(config.model), config)
     for stage in ("decode_resize", "multipart_parse", "serialise", "batch_stack", "postprocess", "redis"):
         assert costs[stage] > 0, stage
     assert details["redis_batch_size"] == config.batch_size

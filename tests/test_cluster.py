@@ -22,19 +22,17 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
+import settings as settings_module
 from conftest import DATA, ROOT, wait_for
-
-sys.path.insert(0, str(ROOT / "deploy"))
-import nginx_conf  # noqa: E402
-import settings as settings_module  # noqa: E402
-from cluster import Cluster, ClusterError  # noqa: E402
-from redis_server import free_port  # noqa: E402
+from deploy import nginx_conf
+from deploy.cluster import Cluster, ClusterError
+from redis_server import free_port
 
 HEARTBEAT_TTL_S = 2.0
 MAX_UPLOAD_BYTES = 2 * 1024 * 1024
 PHOTOS = sorted(DATA.glob("*.jpg"))
-CLUSTER_ENV = {"WORKER_THREADS": "1", "HEARTBEAT_INTERVAL": "0.5", "HEARTBEAT_TTL": str(HEARTBEAT_TTL_S), "CACHE_TTL": "0",
-               "REQUEST_TIMEOUT": "10", "MAX_UPLOAD_BYTES": str(MAX_UPLOAD_BYTES),
+CLUSTER_ENV = {"WORKER_THREADS": "1", "HEARTBEAT_INTERVAL": "0.5", "HEARTBEAT_TTL": str(HEARTBEAT_TTL_S),
+               "CACHE_TTL": "0", "REQUEST_TIMEOUT": "10", "MAX_UPLOAD_BYTES": str(MAX_UPLOAD_BYTES),
                "LOG_FORMAT": "json", "LOG_LEVEL": "INFO"}
 
 
@@ -158,9 +156,9 @@ def test_one_request_id_in_nginx_web_and_worker_logs(cluster):
 
 
 def test_launcher_command_starts_and_stops_on_sigterm(cluster):
-    """`deploy/cluster.py` with --redis-url: its one web server is ready thanks to the cluster's workers."""
+    """`python -m deploy.cluster` with --redis-url: its one web server is ready thanks to the cluster's workers."""
     port = free_port()
-    launcher = subprocess.Popen([sys.executable, str(ROOT / "deploy" / "cluster.py"), "--web", "1", "--workers", "0",
+    launcher = subprocess.Popen([sys.executable, "-m", "deploy.cluster", "--web", "1", "--workers", "0",
                                  "--port", str(port), "--redis-url", cluster.redis_url, "--timeout", "30",
                                  "--run-dir", os.path.join(cluster.run_dir, "launcher")],
                                 cwd=ROOT, env={**os.environ, **CLUSTER_ENV}, stdout=subprocess.PIPE,
