@@ -29,8 +29,8 @@ class Classifier:
         self.spec = spec
         self.model = model
         compile_fn = _compile_jax if keras.backend.backend() == "jax" else _compile_tf
-        self._predict = compile_fn(model, _forward(model, preprocess, apply_softmax),
-                                   spec.input_size)
+        self.forward = _forward(model, preprocess, apply_softmax)   # pixels -> probabilities (LiteRT converts it)
+        self._predict = compile_fn(model, self.forward, spec.input_size)
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """(N, S, S, 3) uint8 or float32 RGB 0..255 -> (N, num_classes) float32 probabilities."""
