@@ -9,7 +9,7 @@ from models.classifier import Classifier
 from models.errors import ModelError, WeightsError
 from models.lite_variants import LITE_VARIANTS
 from models.repository import VersionDir, read_config, version_spec
-from models.spec import DEFAULT_MODEL, KERAS_APPS, ModelSpec, get_spec
+from models.spec import DEFAULT_MODEL, DETECTOR_NAME, KERAS_APPS, ModelSpec, get_spec
 
 
 def keras_cache_path(file_name: str) -> str:
@@ -24,6 +24,9 @@ def load_model(name: str = DEFAULT_MODEL, *, weights_path: str | None = None,
     spec = get_spec(name, weights_path=weights_path, labels_path=labels_path)
     if name in LITE_VARIANTS:
         return _load_efficientnet_lite(spec, weights_path)
+    if name == DETECTOR_NAME:
+        from models.detector import load_detector
+        return load_detector(name)
     if name in KERAS_APPS:
         return _load_keras_app(spec, weights_path)
     return _load_keras_file(spec, name)

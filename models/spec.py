@@ -17,6 +17,7 @@ from models.lite_variants import LITE_VARIANTS
 DEFAULT_MODEL = "efficientnet_lite0"
 IMAGENET_LABELS = Path(__file__).with_name("imagenet_classes.txt")
 STANDARD_CROP = 0.875  # the usual ImageNet evaluation crop: 224 out of 256
+DETECTOR_NAME = "mtcnn"  # the built-in face detector (models/detector.py)
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,7 @@ KERAS_APPS: dict[str, KerasApp] = {
 
 def known_models() -> list[str]:
     """Model names accepted by get_spec/load_model (besides a path to a .keras file)."""
-    return [*LITE_VARIANTS, *KERAS_APPS]
+    return [*LITE_VARIANTS, DETECTOR_NAME, *KERAS_APPS]
 
 
 def is_keras_file(name: str) -> bool:
@@ -89,6 +90,9 @@ def get_spec(name: str = DEFAULT_MODEL, *, weights_path: str | None = None,
     if name in LITE_VARIANTS:
         lite = LITE_VARIANTS[name]
         return ModelSpec(name, lite.input_size, lite.crop_fraction, "bicubic", read_labels(labels_path))
+    if name == DETECTOR_NAME:
+        from models.detector import MTCNN_SPEC  # imports ModelSpec from here: not at module level
+        return MTCNN_SPEC
     if name in KERAS_APPS:
         app = KERAS_APPS[name]
         return ModelSpec(name, app.input_size, STANDARD_CROP, app.resample,
