@@ -1,9 +1,14 @@
-/* The page: send each chosen image to `POST predict` and show its top labels, or its error in words. */
+/* The page: send each chosen image to `POST predict` (with the model picked from `GET v1/models`) and show
+   its top labels, or its error in words. */
 "use strict";
 
 (function () {
   // Relative on purpose: resolved against the page, so it also works behind a proxy under a prefix.
   const PREDICT_URL = "predict";
+  const MODELS_URL = "v1/models";
+  const MODELS_TIMEOUT_MS = 15000;
+  const MODELS_LOADING_RETRY_MS = 5000;    // look again while a version is still loading
+  const MODELS_FAILED_RETRY_MS = 30000;    // and now and then after the list could not be read
   const MAX_IN_FLIGHT = 4;
   const CLIENT_TIMEOUT_MS = 120000;
   const KEY_STORAGE = "imageGateway.apiKey";
@@ -26,6 +31,9 @@
     SERVER_BUSY: "The server is busy with other images right now. Please try again in a few seconds.",
     QUEUE_UNAVAILABLE: "The server cannot reach its work queue at the moment. Please try again shortly.",
     TIMEOUT: "The server took too long to answer. It may be overloaded; please try again.",
+    MODEL_NOT_FOUND: "The chosen model is not served any more. The model list has been refreshed: pick another model, then try again.",
+    MODEL_VERSION_NOT_FOUND: "The chosen version of this model is not served (it may have been removed). The model list has been refreshed: pick another version, then try again.",
+    MODEL_UNAVAILABLE: "This model version could not be loaded, or no worker is running it right now. Pick another version, or try again later.",
     INFERENCE_FAILED: "The model failed on this image. Please try another image, or this one again later.",
     INTERNAL_ERROR: "Something went wrong on the server. Please try again later.",
     // Produced by this page, not by the gateway:
@@ -37,6 +45,9 @@
     BAD_RESPONSE: "The server sent an answer this page does not understand.",
   };
   // Sending the same bytes again cannot help with these.
+  // The picker may be out of date when the server answers one of these: read the list again.
+  const MODEL_CODES = new Set(["MODEL_NOT_FOUND", "MODEL_VERSION_NOT_FOUND", "MODEL_UNAVAILABLE"]);
+  const STATE_WORDS = { READY: "ready", LOADING: "loading", UNAVAILABLE: "unavailable" };
   const FINAL_CODES = new Set(["IMAGE_UNREADABLE", "UNSUPPORTED_FORMAT", "IMAGE_TOO_LARGE",
                                "PAYLOAD_TOO_LARGE", "EMPTY_IMAGE"]);
   // A non-JSON answer (say, from nginx) is named from its HTTP status.
@@ -54,6 +65,8 @@
   const emptyNote = $("empty");
   const clearButton = $("clear");
   const announcer = $("announcer");
+  const modelSelect = $("model");
+  const modelStatus = $("model-status");
 
   // ------------------------------------------------------------------ small helpers
   function el(tag, className, text) {
@@ -100,6 +113,109 @@
       if (rememberBox.checked && keyInput.value) store.setItem(KEY_STORAGE, keyInput.value);
       else store.removeItem(KEY_STORAGE);
     } catch (e) { /* storage full or blocked: the key still works for this visit */ }
+  }
+
+  function apiHeaders() {
+    const key = keyInput.value.trim();
+    return key ? { "X-API-Key": key } : {};
+  }
+
+  // ------------------------------------------------------------------ the model picker
+  let modelsDrawn = null;     // the listing the picker shows (JSON), to redraw only when it changed
+  let modelsTimer = null;
+
+  async function loadModels() {
+    clearTimeout(modelsTimer);
+    const controller = new AbortController();
+    const timer = setTimeout(() => controller.abort(), MODELS_TIMEOUT_MS);
+    let listing = null;
+    let problem = "";
+    try {
+      const response = await fetch(MODELS_URL, {
+        headers: apiHeaders(), signal: controller.signal, credentials: "same-origin", cache: "no-store",
+      });
+      const body = await response.json().catch(() => null);
+      if (response.ok && body && Array.isArray(body.models)) {
+        listing = body.models.filter((model) => model && typeof model.name === "string");
+      }
+      else problem = response.ok ? "an answer this page does not understand" : "HTTP " + response.status;
+    } catch (err) {
+      problem = err && err.name === "AbortError" ? "no answer in time" : "the server could not be reached";
+    } finally {
+      clearTimeout(timer);
+    }
+    if (!listing) {
+      showModelsFailed(problem);
+      modelsTimer = setTimeout(loadModels, MODELS_FAILED_RETRY_MS);
+      return;
+    }
+    drawModels(listing);
+    const loading = listing.some((model) => versionsOf(model).some((version) => version.state === "LOADING"));
+    if (loading) modelsTimer = setTimeout(loadModels, MODELS_LOADING_RETRY_MS);
+  }
+
+  function versionsOf(model) {
+    return Array.isArray(model.versions) ? model.versions : [];
+  }
+
+  function showModelsFailed(problem) {
+    if (modelsDrawn !== null) return;      // keep the list from the last good answer
+    modelSelect.replaceChildren(el("option", null, "Server default"));
+    modelSelect.firstChild.value = "";
+    modelStatus.textContent = "The list of models could not be loaded (" + problem +
+                              "), so images go to the server\u2019s default model.";
+  }
+
+  function drawModels(listing) {
+    const drawn = JSON.stringify(listing);
+    if (drawn === modelsDrawn) return;
+    modelsDrawn = drawn;
+    const previous = modelSelect.value;
+    const groups = listing.map((model) => {
+      const group = el("optgroup");
+      group.label = model.name + (model.kind && model.kind !== "classifier" ? " (" + model.kind + ")" : "");
+      group.append(newestOption(model), ...versionsOf(model).map((version) => versionOption(model, version)));
+      return group;
+    });
+    if (!groups.length) groups.push(el("option", null, "Server default"));
+    modelSelect.replaceChildren(...groups);
+    const usable = Array.from(modelSelect.options).filter((option) => !option.disabled);
+    const keep = usable.find((option) => option.value === previous && previous !== "");
+    const fallback = usable.find((option) => option.dataset.isDefault) || usable[0];
+    if (keep || fallback) modelSelect.value = (keep || fallback).value;
+    modelStatus.textContent = !listing.length ? "The server lists no models; images go to its default model."
+      : listing.length + (listing.length === 1 ? " model" : " models") +
+        " served. Each image goes to the chosen model\u2019s newest version, unless you pick a version.";
+  }
+
+  function newestOption(model) {
+    const ready = versionsOf(model).find((version) => version.state === "READY");
+    const text = model.name + " \u00b7 newest" + (ready ? " (v" + ready.version + ")" : " (none ready yet)") +
+                 (model.default ? " (default)" : "");
+    const option = el("option", null, text);
+    option.value = model.name;
+    option.dataset.model = model.name;
+    if (model.default) option.dataset.isDefault = "true";
+    return option;
+  }
+
+  function versionOption(model, version) {
+    const state = String(version.state || "");
+    const option = el("option", null, model.name + " \u00b7 v" + version.version +
+                      (state === "READY" ? "" : " (" + (STATE_WORDS[state] || state.toLowerCase()) + ")"));
+    option.value = model.name + "@" + version.version;
+    option.dataset.model = model.name;
+    option.dataset.version = String(version.version);
+    option.disabled = state !== "READY";
+    if (version.reason) option.title = String(version.reason);
+    return option;
+  }
+
+  // The model (and version, when pinned) the picker names now; null sends no model: the server's default.
+  function chosenModel() {
+    const option = modelSelect.selectedOptions[0];
+    if (!option || !option.dataset.model) return null;
+    return { model: option.dataset.model, version: option.dataset.version || null };
   }
 
   // ------------------------------------------------------------------ at most MAX_IN_FLIGHT requests at once
@@ -180,6 +296,7 @@
     card.result.replaceChildren();
     card.state.hidden = false;
     card.state.textContent = "Waiting\u2026";
+    card.choice = chosenModel();     // "Try again" sends the picker's choice at that moment
     schedule(() => classify(card));
   }
 
@@ -188,9 +305,11 @@
 
     const form = new FormData();
     form.append("image", card.file, card.file.name || "image");
-    const headers = {};
-    const key = keyInput.value.trim();
-    if (key) headers["X-API-Key"] = key;
+    if (card.choice) {
+      form.append("model", card.choice.model);
+      if (card.choice.version) form.append("version", card.choice.version);
+    }
+    const headers = apiHeaders();
 
     const controller = new AbortController();
     const timer = setTimeout(() => controller.abort(), CLIENT_TIMEOUT_MS);
@@ -217,7 +336,8 @@
     let body = null;
     try { body = JSON.parse(text); } catch (e) { body = null; }
     const retryAfter = response.headers.get("Retry-After");
-    if (response.ok && body && body.success === true && Array.isArray(body.predictions)) {
+    if (response.ok && body && body.success === true &&
+        (Array.isArray(body.predictions) || Array.isArray(body.detections))) {
       return { ok: true, body };
     }
     if (body && body.error && typeof body.error === "object") {
@@ -228,14 +348,25 @@
     return { ok: false, code, status: response.status, detail: "", retryAfter };
   }
 
+  // A classifier answers `predictions`; a detector (a model of another kind) answers `detections`.
+  function resultRows(body) {
+    if (Array.isArray(body.predictions)) {
+      return body.predictions.map((p) => ({ label: p.label, probability: p.probability,
+                                            title: p.class_id !== undefined ? "class " + p.class_id : "" }));
+    }
+    return body.detections.map((d) => ({ label: d.label, probability: d.score,
+                                          title: Array.isArray(d.box) ? "box " + d.box.join(", ") : "" }));
+  }
+
   function showPredictions(card, body, elapsedMs) {
     const name = card.file.name || "image";
+    const rows = resultRows(body);
     const list = el("ol", "predictions");
-    list.setAttribute("aria-label", "Top labels for " + name);
-    body.predictions.forEach((prediction, index) => {
+    list.setAttribute("aria-label", (Array.isArray(body.predictions) ? "Top labels for " : "Detections in ") + name);
+    rows.forEach((prediction, index) => {
       const item = el("li", index === 0 ? "prediction top" : "prediction");
       const label = el("span", "label", humanLabel(prediction.label));
-      if (prediction.class_id !== undefined) label.title = "class " + prediction.class_id;
+      if (prediction.title) label.title = prediction.title;
       const value = el("span", "value", percent(prediction.probability));
       const bar = el("span", "bar");
       bar.setAttribute("aria-hidden", "true");
@@ -245,15 +376,18 @@
       item.append(label, value, bar);
       list.appendChild(item);
     });
-    if (!body.predictions.length) list.appendChild(el("li", "prediction", "No labels returned."));
+    if (!rows.length) list.appendChild(el("li", "prediction", "No labels returned."));
     const meta = el("p", "meta");
     meta.append(el("span", "elapsed", elapsedMs + " ms"));
     if (body.model) meta.append(document.createTextNode(" \u00b7 model "), el("span", "model", String(body.model)));
+    if (body.version !== undefined && body.version !== null) {
+      meta.append(document.createTextNode(" \u00b7 version "), el("span", "version", String(body.version)));
+    }
     card.result.append(list, meta);
     card.state.hidden = true;
     card.root.classList.add("done");
     card.root.setAttribute("aria-busy", "false");
-    const top = body.predictions[0];
+    const top = rows[0];
     announce(top ? name + ": " + humanLabel(top.label) + ", " + percent(top.probability) + "."
                  : name + ": no labels returned.");
   }
@@ -291,6 +425,7 @@
     card.root.classList.add("failed");
     card.root.setAttribute("aria-busy", "false");
     announce(name + ": could not be classified. " + human + " Code " + outcome.code + ".");
+    if (MODEL_CODES.has(outcome.code)) loadModels();
   }
 
   function clearCards() {
@@ -351,4 +486,5 @@
   clearButton.addEventListener("click", clearCards);
 
   restoreKey();
+  loadModels();
 })();

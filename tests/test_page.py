@@ -12,8 +12,9 @@ import re
 import shutil
 
 import pytest
+from test_many_models import Gateway, publish_version, repository_config
 
-from conftest import ARTIFACTS, DATA, ServerThread, WorkerThread, make_config
+from conftest import ARTIFACTS, DATA, ServerThread, WorkerThread, make_config, wait_for
 
 try:
     from playwright.sync_api import expect, sync_playwright
@@ -234,3 +235,100 @@ def test_page_works_under_a_path_prefix(redis_url, classifier, new_page):
         worker.stop()
         web.stop()
 
+
+
+# ------------------------------------------------------------------------------ the model picker
+SERVED = {("toy", "2"): "READY", ("toy", "1"): "READY", ("other", "2"): "UNAVAILABLE", ("other", "1"): "READY"}
+
+
+@pytest.fixture
+def repository_gateway(redis_url, tmp_path):
+    """toy v1 (answers alpha) and v2 (beta), the default model; other v1 (gamma) and a broken v2."""
+    publish_version(tmp_path, "toy", 1, 0)
+    publish_version(tmp_path, "toy", 2, 1)
+    publish_version(tmp_path, "other", 1, 2)
+    (tmp_path / "other" / "2").mkdir()
+    (tmp_path / "other" / "2" / "model.keras").write_bytes(b"not a keras archive")
+    gateway = Gateway(repository_config(redis_url, tmp_path))
+    try:
+        served = lambda: {(name, v["version"]): v["state"]  # noqa: E731
+                          for name, entry in gateway.models().items() for v in entry["versions"]}
+        wait_for(lambda: served() == SERVED, 60, 0.2, message=f"the repository to be served as {SERVED}")
+        yield gateway
+    finally:
+        gateway.stop()
+
+
+# Chromium does not hand Playwright a multipart body holding a file, so the page's fetch is watched instead.
+RECORD_FORM_FIELDS = """(() => {
+  const fetch = window.fetch;
+  window.sentFields = [];
+  window.fetch = (url, options) => {
+    if (options && options.body instanceof FormData) {
+      window.sentFields.push(Object.fromEntries(
+        Array.from(options.body.entries()).filter(([, value]) => typeof value === "string")));
+    }
+    return fetch.call(window, url, options);
+  };
+})();"""
+
+
+def upload_as(page, name: str) -> tuple[dict, object]:
+    """Upload cat.jpg under `name`: (the text fields the page sent with it, its finished card)."""
+    page.set_input_files("#file-input", {"name": name, "mimeType": "image/jpeg",
+                                         "buffer": (DATA / "cat.jpg").read_bytes()})
+    found = finished_card(page, name)
+    return page.evaluate("window.sentFields[window.sentFields.length - 1]"), found
+
+
+def assert_answered_by(found, model: str, version: str, label: str) -> None:
+    expect(found).to_have_class(re.compile(r"\bdone\b"))
+    expect(found.locator(".meta .model")).to_have_text(model)
+    expect(found.locator(".meta .version")).to_have_text(version)
+    expect(found.locator(".prediction.top .label")).to_have_text(label)
+
+
+def test_model_picker_lists_the_served_models_and_pins_a_version(repository_gateway, new_page):
+    page = new_page()
+    page.add_init_script(RECORD_FORM_FIELDS)
+    page.goto(repository_gateway.url + "/")
+    picker = page.get_by_label("Model", exact=True)
+    expect(picker.locator("option")).to_have_count(6)
+    options = picker.locator("option").evaluate_all(
+        "options => options.map(o => [o.parentElement.label, o.textContent, o.disabled])")
+    assert options == [["other", "other \u00b7 newest (v1)", False],
+                       ["other", "other \u00b7 v2 (unavailable)", True],      # broken: shown, not choosable
+                       ["other", "other \u00b7 v1", False],
+                       ["toy", "toy \u00b7 newest (v2) (default)", False],
+                       ["toy", "toy \u00b7 v2", False],
+                       ["toy", "toy \u00b7 v1", False]], options
+    assert picker.locator("option", has_text="v2 (unavailable)").get_attribute("title"), "no reason shown"
+    expect(picker).to_have_value("toy")                                   # the default model is preselected
+    expect(page.locator("#model-status")).to_contain_text("2 models served")
+
+    fields, found = upload_as(page, "default.jpg")
+    assert fields == {"model": "toy"}, fields
+    assert_answered_by(found, "toy", "2", "beta")
+
+    picker.select_option(label="toy \u00b7 v1")                            # a pinned version
+    fields, found = upload_as(page, "pinned.jpg")
+    assert fields == {"model": "toy", "version": "1"}, fields
+    assert_answered_by(found, "toy", "1", "alpha")
+
+    picker.focus()                                                        # the keyboard reaches it too
+    page.keyboard.press("Home")
+    expect(picker).to_have_value("other")
+    assert_answered_by(upload_as(page, "other.jpg")[1], "other", "1", "gamma")
+    screenshot(page, "page-model-picker.png")
+
+
+def test_model_picker_failure_sends_no_model(repository_gateway, new_page):
+    page = new_page()
+    page.add_init_script(RECORD_FORM_FIELDS)
+    page.route("**/v1/models", lambda route: route.fulfill(status=503, content_type="text/html", body="<h1>down</h1>"))
+    page.goto(repository_gateway.url + "/")
+    expect(page.locator("#model-status")).to_contain_text("could not be loaded (HTTP 503)")
+    expect(page.get_by_label("Model", exact=True)).to_have_value("")
+    fields, found = upload_as(page, "cat.jpg")
+    assert fields == {}, fields                                           # no model: the server's default
+    assert_answered_by(found, "toy", "2", "beta")
