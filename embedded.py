@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> None:
         log.info("embedded redis-server started at %s", embedded_redis.url)
     workers = None
     if not args.no_worker:
-        from classify_worker import start_workers
+        from model_host import start_workers
         workers = start_workers(config)
     try:
         serve(create_app(config), config)

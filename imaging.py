@@ -5,6 +5,7 @@ bad upload is answered with a ``GatewayError`` here and never reaches a worker.
 """
 from __future__ import annotations
 
+import math
 import struct
 import warnings
 from io import BytesIO
@@ -14,6 +15,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 import errors
+from models.geometry import working_size
 
 if TYPE_CHECKING:
     from models.spec import ModelSpec
@@ -256,3 +258,23 @@ def prepare_image(data: bytes, spec: ModelSpec, *, max_pixels: int) -> np.ndarra
     _validate_prepare_args(size, crop_fraction, resample)
     image = decode_image(data, max_pixels=max_pixels, draft_size=round(size / crop_fraction))
     return resize_center_crop(image, size=size, crop_fraction=crop_fraction, resample=resample)
+
+
+def working_image(image: Image.Image, max_side: int) -> tuple[np.ndarray, dict]:
+    """A detector's input: the decoded image shrunk so its longest side is at most `max_side`, and
+    the params that map its boxes back to the original pixels (models/geometry.py)."""
+    width, height, scale = working_size(image.width, image.height, max_side)
+    shrunk = image if scale == 1.0 else image.resize((width, height), Image.Resampling.BILINEAR,
+                                                     reducing_gap=REDUCING_GAP)
+    pixels = np.ascontiguousarray(np.asarray(shrunk, dtype=np.uint8))
+    return pixels, {"scale": scale, "original_size": [image.width, image.height]}
+
+
+def crop_box(box: list[float], margin: float, size: tuple[int, int]) -> tuple[int, int, int, int]:
+    """A detection's box grown by `margin` of its width and height on every side, in whole pixels
+    inside the image."""
+    x_min, y_min, x_max, y_max = box
+    grow_x, grow_y = (x_max - x_min) * margin, (y_max - y_min) * margin
+    left, top = max(0, math.floor(x_min - grow_x)), max(0, math.floor(y_min - grow_y))
+    right, bottom = min(size[0], math.ceil(x_max + grow_x)), min(size[1], math.ceil(y_max + grow_y))
+    return left, top, max(right, left + 1), max(bottom, top + 1)

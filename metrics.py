@@ -11,8 +11,6 @@ import os
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
 from prometheus_client.core import GaugeMetricFamily
 
-import protocol
-
 REQUESTS = Counter("gateway_requests_total", "HTTP requests to /predict by status code", ["status"])
 LATENCY = Histogram("gateway_request_seconds", "End-to-end /predict latency",
                     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
@@ -27,18 +25,20 @@ EXPIRED = Counter("gateway_jobs_expired_total", "Jobs dropped by a worker becaus
 
 
 class QueueCollector:
-    """Gauges read from Redis when scraped: queue depth and live workers of the model."""
+    """Gauges read from Redis when scraped: queue depth and live workers of every model version."""
 
-    def __init__(self, queue: protocol.JobQueue, heartbeat_ttl_s: float):
-        self.queue = queue
-        self.heartbeat_ttl_s = heartbeat_ttl_s
+    def __init__(self, router):
+        self.router = router
 
     def collect(self):
-        depth = GaugeMetricFamily("gateway_queue_depth", "Jobs waiting in the model's queue", labels=["model"])
-        live = GaugeMetricFamily("gateway_live_workers", "Workers with a fresh heartbeat", labels=["model"])
+        labels = ["model", "version"]
+        depth = GaugeMetricFamily("gateway_queue_depth", "Jobs waiting in the model's queue", labels=labels)
+        live = GaugeMetricFamily("gateway_live_workers", "Workers with a fresh heartbeat", labels=labels)
         try:
-            depth.add_metric([self.queue.model], self.queue.depth())
-            live.add_metric([self.queue.model], len(self.queue.live_workers(self.heartbeat_ttl_s)))
+            for versions in self.router.view().values():
+                for served in versions.values():
+                    depth.add_metric([served.name, served.version], served.queue.depth())
+                    live.add_metric([served.name, served.version], served.live_workers)
         except Exception:  # a scrape while Redis is down still returns the process metrics
             return
         yield depth

@@ -12,7 +12,7 @@ from flask import Flask
 import logs
 import settings as settings_module
 from settings import Settings
-from web import envelope, ops, predict, resources
+from web import discovery, envelope, ops, pipelines, predict, resources
 
 
 def create_app(config: Settings | None = None) -> Flask:
@@ -25,6 +25,8 @@ def create_app(config: Settings | None = None) -> Flask:
     envelope.init_app(app)
     app.register_blueprint(predict.bp)
     app.register_blueprint(ops.bp)
+    app.register_blueprint(discovery.bp)
+    app.register_blueprint(pipelines.bp)
     return app
 
 

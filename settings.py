@@ -8,6 +8,9 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
+from pathlib import Path
+
+RUNTIMES = ("auto", "litert", "tensorflow", "jax")
 
 
 @dataclass(frozen=True)
@@ -21,9 +24,15 @@ class Settings:
     models: str = ""                        # comma-separated built-in / keras.applications models to serve too
     model_repository: str | None = None     # <dir>/<name>/<version>/model.keras (+ labels.txt, config.json)
     repository_poll_s: float = 2.0          # s between scans of MODEL_REPOSITORY for new or removed versions
+    pipelines: str = str(Path(__file__).with_name("pipelines.json"))   # the pipelines file; "" for none
+    detect_max_side: int = 1024             # px: longest side of the image a detector is sent (never enlarged)
     catalog_refresh_s: float = 1.0          # s the web tier reuses its view of which model versions are ready
     model_weights: str | None = None        # local weights file (keras.applications / efficientnet_lite0)
     model_labels: str | None = None         # labels file, one per line (for a .keras model)
+    # Inference runtime (worker).
+    runtime: str = "auto"                   # auto (LiteRT where a model converts, else TensorFlow), litert,
+                                            # tensorflow or jax
+    litert_cache_dir: str = "~/.cache/gateway/litert"   # converted LiteRT models, keyed by weights hash and converter
     # Batching (worker).
     batch_size: int = 8                     # most jobs one predict call takes (CPU: 8 measured best; GPU: 32-256)
     batch_wait_ms: float = 0.0              # how long a worker waits for more jobs when a batch is not full
@@ -88,6 +97,8 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
 
 def validate(settings: Settings) -> None:
     """Refuse settings that cannot work, naming the variable."""
+    if settings.runtime not in RUNTIMES:
+        raise ValueError(f"RUNTIME must be one of {', '.join(RUNTIMES)}")
     if settings.wire_dtype not in ("uint8", "float32"):
         raise ValueError("WIRE_DTYPE must be uint8 or float32")
     if settings.batch_size < 1 or settings.queue_limit < 1 or settings.web_threads < 1:

@@ -1,19 +1,14 @@
 """The model worker: claim a batch, predict it in one call, publish each result, heartbeat.
 
-Run one process per model replica, on any machine that reaches Redis:
-
-    REDIS_URL=redis://127.0.0.1:6379/0 python classify_worker.py
-
-`python run_server.py` runs the same workers as threads of the web process.
+`Worker` serves one model version's queue; a `WorkerGroup` runs one per CPU core on one loaded
+model; `model_host.ModelHost` keeps a group per served version; `classify_worker.py` is the process.
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")   # before TensorFlow loads: no C++ info chatter
-import signal
 import socket
 import threading
 import time
@@ -22,15 +17,12 @@ from collections import deque
 from itertools import islice
 
 import numpy as np
-import prometheus_client
 import redis
 
-import logs
 import metrics
 import protocol
-import settings as settings_module
 from errors import INFERENCE_FAILED
-from models.postprocess import top_predictions
+from models.postprocess import answer_fields
 from settings import Settings
 
 log = logging.getLogger("gateway.worker")
@@ -78,10 +70,12 @@ class Claimed:
 class Worker:
     """Claims batches of one model's queue and answers them; `run()` until `stop()`."""
 
-    def __init__(self, config: Settings, client: redis.Redis, classifier, worker_id: str | None = None):
+    def __init__(self, config: Settings, client: redis.Redis, classifier, worker_id: str | None = None,
+                 version: str = "1"):
         self.config = config
         self.classifier = classifier
-        self.queue = protocol.JobQueue(client, classifier.spec.name, config.key_prefix)
+        self.version = version
+        self.queue = protocol.JobQueue(client, classifier.spec.name, config.key_prefix, version)
         self.worker_id = worker_id or new_worker_id()
         self.claimed = Claimed(config.batch_size)
         self.stopping = threading.Event()
@@ -90,11 +84,13 @@ class Worker:
         self.started_at = time.time()
         self.batch_sizes: deque[int] = deque(maxlen=1000)   # recent batch sizes (tests read them)
         self.last_inference_s = 0.0
+        self.warmed = threading.Event()                      # set once the compiled predict is traced
 
     # ------------------------------------------------------------------------------ main loop
     def run(self) -> None:
         """Predict batches until stopped; claiming and heartbeats run in their own threads."""
         self._warm_up()
+        self.warmed.set()
         threads = [threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True),
                    threading.Thread(target=self._claim_loop, name="claim", daemon=True)]
         [thread.start() for thread in threads]
@@ -106,6 +102,9 @@ class Worker:
 
     def _warm_up(self) -> None:
         """Trace the compiled predict once before the first heartbeat: ready means fast."""
+        if hasattr(self.classifier, "warm_up"):
+            self.classifier.warm_up()
+            return
         size = self.classifier.spec.input_size
         dtype = np.uint8 if self.config.wire_dtype == "uint8" else np.float32
         self.classifier.predict(np.zeros((1, size, size, 3), dtype))
@@ -192,21 +191,17 @@ class Worker:
             log.info("dropped expired job", extra={"trace_id": job.trace_id, "job": job.id})
 
     def _predict(self, jobs: list[protocol.Job]) -> list[protocol.Result]:
-        """One batched predict; on any failure every job gets an explicit error, never silence."""
+        """One batched call of the model; on any failure every job gets an explicit error, never silence."""
         try:
             started = time.perf_counter()
-            probabilities = self.classifier.predict(np.stack([job.array for job in jobs]))
-            if len(probabilities) != len(jobs):
-                raise RuntimeError(f"model returned {len(probabilities)} rows for {len(jobs)} inputs")
+            outputs = answer_fields(self.classifier, jobs)
             self.last_inference_s = time.perf_counter() - started
             metrics.INFERENCE.observe(self.last_inference_s)
         except Exception:
             log.exception("inference failed for a batch of %d", len(jobs))
             return [protocol.Result.failed(job.id, INFERENCE_FAILED.code, "the model failed on this batch")
                     for job in jobs]
-        labels = self.classifier.spec.labels
-        return [protocol.Result.ok(job.id, predictions=top_predictions(row, labels, job.top_k))
-                for job, row in zip(jobs, probabilities, strict=True)]
+        return [protocol.Result.ok(job.id, **output) for job, output in zip(jobs, outputs, strict=True)]
 
     # --------------------------------------------------------------------- liveness, shutdown
     def _heartbeat_loop(self) -> None:
@@ -225,7 +220,7 @@ class Worker:
             self.stopping.wait(self.config.heartbeat_interval)
 
     def info(self) -> dict:
-        return {"model": self.queue.model, "host": socket.gethostname(), "pid": os.getpid(),
+        return {"model": self.queue.model, "version": self.version, "host": socket.gethostname(), "pid": os.getpid(),
                 "batches": self.batches, "jobs": self.jobs, "started_at": round(self.started_at, 3)}
 
     def _release(self) -> None:
@@ -256,8 +251,8 @@ def set_framework_threads(config: Settings) -> None:
 class WorkerGroup:
     """The workers of one process: WORKER_THREADS of them share one loaded model and one Redis pool."""
 
-    def __init__(self, config: Settings, client: redis.Redis, classifier):
-        self.workers = [Worker(config, client, classifier) for _ in range(predict_threads(config))]
+    def __init__(self, config: Settings, client: redis.Redis, classifier, version: str = "1"):
+        self.workers = [Worker(config, client, classifier, version=version) for _ in range(predict_threads(config))]
         self.threads = [threading.Thread(target=worker.run, name=f"worker-{i}", daemon=True)
                         for i, worker in enumerate(self.workers)]
 
@@ -265,43 +260,14 @@ class WorkerGroup:
         [thread.start() for thread in self.threads]
         return self
 
+    def wait_warm(self, timeout_s: float) -> bool:
+        """Whether every worker traced its predict (and so heartbeats) within `timeout_s`."""
+        deadline = time.monotonic() + timeout_s
+        return all(worker.warmed.wait(max(0.0, deadline - time.monotonic())) for worker in self.workers)
+
     def stop(self, timeout_s: float = 30.0) -> None:
         """Each worker finishes its batch and returns what else it claimed."""
         [worker.stop() for worker in self.workers]
         deadline = time.monotonic() + timeout_s
         for thread in self.threads:
             thread.join(max(0.0, deadline - time.monotonic()))
-
-
-def start_workers(config: Settings) -> WorkerGroup:
-    """Load the model once and start this process's workers on it."""
-    set_framework_threads(config)
-    import models  # heavy (TensorFlow): only worker processes import it
-    classifier = models.load_model(config.model, weights_path=config.model_weights, labels_path=config.model_labels)
-    return WorkerGroup(config, protocol.connect(config.redis_url, config.request_timeout), classifier).start()
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--redis-url", help="overrides REDIS_URL")
-    parser.add_argument("--model", help="overrides MODEL")
-    args = parser.parse_args(argv)
-    config = settings_module.load()
-    overrides = {k: v for k, v in {"redis_url": args.redis_url, "model": args.model}.items() if v}
-    config = settings_module.Settings(**{**config.__dict__, **overrides})
-    logs.setup(config)
-    if not config.redis_url:
-        parser.error("set REDIS_URL (or --redis-url): a standalone worker needs a Redis to serve")
-    stopping = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
-    signal.signal(signal.SIGINT, lambda *_: stopping.set())
-    group = start_workers(config)
-    if config.metrics_port:
-        prometheus_client.start_http_server(config.metrics_port, addr=config.host)
-    while not stopping.wait(0.5) and any(thread.is_alive() for thread in group.threads):
-        pass
-    group.stop(config.request_timeout)
-
-
-if __name__ == "__main__":
-    main()

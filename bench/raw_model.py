@@ -20,10 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-import classify_worker  # its threading settings; importing it loads no TensorFlow
 import imaging
 import models
 import settings as settings_module
+import worker  # its threading settings; importing it loads no TensorFlow
 from bench import loadgen
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -111,8 +111,8 @@ def raw_child(argv: list[str]) -> None:
     parser.add_argument("--batch-sizes", default="1,8,16,32,64")
     args = parser.parse_args(argv)
     config = settings_module.load()
-    classify_worker.set_framework_threads(config)      # the worker's own threading, before TensorFlow loads
-    threads = classify_worker.predict_threads(config)
+    worker.set_framework_threads(config)      # the worker's own threading, before TensorFlow loads
+    threads = worker.predict_threads(config)
     started = time.perf_counter()
     classifier = models.load_model(config.model, weights_path=config.model_weights, labels_path=config.model_labels)
     load_s = time.perf_counter() - started

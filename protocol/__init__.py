@@ -18,9 +18,10 @@ JSON with base64, but a quarter smaller and ~0.9 ms of CPU per image cheaper (ba
 0.43 ms to encode and 0.51 ms to decode a 224x224x3 image here; the raw frame ~0.01 ms). Never
 pickle: anyone who can write to Redis could otherwise run code in a worker.
 """
+from protocol.catalog import Catalog, Entry
 from protocol.keys import Keys
 from protocol.messages import WIRE_DTYPES, Job, Result, is_expired, new_job_id, peek_id, read_header, to_wire
 from protocol.queue import JobQueue, connect
 
-__all__ = ["WIRE_DTYPES", "Job", "JobQueue", "Keys", "Result", "connect", "is_expired", "new_job_id",
-           "peek_id", "read_header", "to_wire"]
+__all__ = ["WIRE_DTYPES", "Catalog", "Entry", "Job", "JobQueue", "Keys", "Result", "connect", "is_expired",
+           "new_job_id", "peek_id", "read_header", "to_wire"]

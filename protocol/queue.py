@@ -9,7 +9,7 @@ import redis
 from errors import INFERENCE_FAILED
 from protocol import scripts
 from protocol.keys import Keys
-from protocol.messages import Job, Result
+from protocol.messages import Job, Result, peek_id
 
 
 def connect(redis_url: str, request_timeout_s: float) -> redis.Redis:
@@ -22,10 +22,11 @@ def connect(redis_url: str, request_timeout_s: float) -> redis.Redis:
 class JobQueue:
     """The reliable queue of one model: every Redis operation of the web tier and the workers."""
 
-    def __init__(self, client: redis.Redis, model: str, prefix: str = "gw"):
+    def __init__(self, client: redis.Redis, model: str, prefix: str = "gw", version: str = "1"):
         self.client = client
         self.model = model
-        self.keys = Keys(prefix, model)
+        self.version = version
+        self.keys = Keys(prefix, model, version)
         self._enqueue = client.register_script(scripts.ENQUEUE)
         self._claim = client.register_script(scripts.CLAIM)
         self._heartbeat = client.register_script(scripts.HEARTBEAT)
@@ -101,6 +102,15 @@ class JobQueue:
             pipe.expire(self.keys.result(result.id), ttl_s)
         pipe.lrem(self.keys.processing(worker_id), 1, raw)
         pipe.execute()
+
+    def fail_all(self, code: str, message: str, ttl_s: int) -> int:
+        """Answer every queued job with an error (a version nobody will serve any more); how many."""
+        failed = 0
+        while batch := self.claim("retired", 64):
+            ids = [job_id for job_id in map(peek_id, batch) if job_id]
+            self.publish([Result.failed(job_id, code, message) for job_id in ids], ttl_s, ack=("retired", len(batch)))
+            failed += len(ids)
+        return failed
 
     def heartbeat(self, worker_id: str, info: dict, ttl_s: float) -> None:
         flat = [str(item) for pair in info.items() for item in pair]

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import redis
 
+import processes
 import settings as settings_module
 from redis_server import RedisServer, free_port
 
@@ -46,7 +47,8 @@ def redis_client(redis_url):
 def make_config(redis_url: str, **overrides) -> settings_module.Settings:
     """Settings for a test: quick timeouts and heartbeats, no cache unless asked."""
     values = {"redis_url": redis_url, "request_timeout": 30.0, "heartbeat_interval": 0.2,
-              "heartbeat_ttl": 1.0, "cache_ttl": 0, "worker_threads": 1, "log_format": "text", "log_level": "WARNING"}
+              "heartbeat_ttl": 1.0, "cache_ttl": 0, "worker_threads": 1, "log_format": "text", "log_level": "WARNING",
+              "litert_cache_dir": str(ARTIFACTS / "litert-cache")}
     values.update(overrides)
     return settings_module.Settings(**values)
 
@@ -93,7 +95,7 @@ class WorkerThread:
 
     def __init__(self, config, classifier, worker_id: str | None = None):
         import protocol
-        from classify_worker import Worker
+        from worker import Worker
         self.worker = Worker(config, protocol.connect(config.redis_url, config.request_timeout), classifier, worker_id)
         self.thread = threading.Thread(target=self.worker.run, daemon=True)
         self.thread.start()
@@ -121,12 +123,12 @@ def gateway_factory():
         item.stop()
 
 
-def start_worker_process(config, log_path: Path | None = None, extra_env: dict | None = None) -> subprocess.Popen:
-    """`python classify_worker.py` as a real child process."""
+def start_worker_process(config, log_path: Path | None = None, extra_env: dict | None = None,
+                         args: tuple[str, ...] = ()) -> subprocess.Popen:
+    """`python classify_worker.py [args]` as a real child process (it dies with the test run)."""
     env = {**config_env(config), **(extra_env or {})}
-    out = open(log_path, "wb") if log_path else subprocess.DEVNULL
-    return subprocess.Popen([sys.executable, str(ROOT / "classify_worker.py")], env=env, cwd=ROOT,
-                            stdout=out, stderr=subprocess.STDOUT)
+    return processes.start([sys.executable, str(ROOT / "classify_worker.py"), *args], log_path=log_path, env=env,
+                           cwd=ROOT, die_with_parent=True)
 
 
 def wait_for(predicate, timeout_s: float, interval_s: float = 0.05, message: str = "condition"):

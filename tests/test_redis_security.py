@@ -30,7 +30,8 @@ PASSWORD = "s3cret-gateway-pw"
 # Only what protocol.py runs (directly or inside its Lua scripts), only on the gateway's keys.
 GATEWAY_ACL = ("gateway on >" + PASSWORD + " resetkeys ~gw:* resetchannels -@all "
                "+ping +evalsha +script|load +get +set +llen +lrange +ltrim +rpush +lpush +blpop "
-               "+blmove +expire +del +time +zadd +zrangebyscore +zrem +hset +hgetall +hincrby")
+               "+blmove +expire +del +time +zadd +zrangebyscore +zrem +hset +hgetall +hincrby "
+               "+zscore +lrem +hdel +hvals")
 ADMIN_PASSWORD = "s3cret-admin-pw"       # the test's own eyes: reads the ACL log
 EXPECTED_CAT = {"Egyptian_cat", "tabby", "tiger_cat"}
 

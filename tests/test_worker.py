@@ -2,7 +2,7 @@
 import threading
 import time
 
-from classify_worker import Claimed
+from worker import Claimed
 
 
 def test_take_returns_the_oldest_items_up_to_count():

@@ -7,6 +7,7 @@ import redis
 from flask import Blueprint, Response, jsonify, send_from_directory
 
 import metrics
+from errors import GatewayError
 from web.resources import gateway
 
 STATIC_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "static")
@@ -20,22 +21,29 @@ def healthz():
 
 @bp.get("/readyz")
 def readyz():
+    """Ready when Redis answers and the default model has a live worker."""
     gw = gateway()
     try:
-        gw.queue.client.ping()
-        live = gw.queue.live_workers(gw.config.heartbeat_ttl)
+        gw.router.queue(gw.router.default_name, "1").client.ping()
+        served = gw.router.resolve(None, None)
     except redis.RedisError:
         return jsonify({"ready": False, "reason": "redis unreachable"}), 503
-    body = {"ready": bool(live), "model": gw.spec.name, "live_workers": len(live)}
-    return jsonify(body), (200 if live else 503)
+    except GatewayError as exc:
+        return jsonify({"ready": False, "reason": exc.message}), 503
+    body = {"ready": bool(served.live_workers), "model": served.name, "version": served.version,
+            "live_workers": served.live_workers}
+    return jsonify(body), (200 if served.live_workers else 503)
 
 
 @bp.get("/status")
 def status():
+    """The default model's queue, counters and workers (GET /v1/models lists every model)."""
     gw = gateway()
-    live = gw.queue.live_workers(gw.config.heartbeat_ttl)
-    return jsonify({"model": gw.spec.name, "queue_depth": gw.queue.depth(), "stats": gw.queue.stats(),
-                    "workers": [{"id": w, **gw.queue.worker_info(w)} for w in live]})
+    served = gw.router.resolve(None, None)
+    live = served.queue.live_workers(gw.config.heartbeat_ttl)
+    return jsonify({"model": served.name, "version": served.version, "queue_depth": served.queue.depth(),
+                    "stats": served.queue.stats(),
+                    "workers": [{"id": w, **served.queue.worker_info(w)} for w in live]})
 
 
 @bp.get("/metrics")

@@ -6,24 +6,23 @@ from dataclasses import dataclass
 from flask import Flask, current_app
 
 import metrics
-import models
 import protocol
 from settings import Settings
+from web.plans import Plan, load_plans
+from web.routing import Router
 
 
 @dataclass(frozen=True)
 class Gateway:
     config: Settings
-    spec: models.ModelSpec          # the served model's input size, crop and labels (no model loaded)
-    queue: protocol.JobQueue
+    router: Router                  # model versions and their queues (no model is loaded here)
     collector: metrics.QueueCollector
+    plans: dict[str, Plan]          # the pipelines of the PIPELINES file
 
 
 def init_app(app: Flask, config: Settings) -> None:
-    spec = models.get_spec(config.model, weights_path=config.model_weights, labels_path=config.model_labels)
-    client = protocol.connect(config.redis_url, config.request_timeout)
-    queue = protocol.JobQueue(client, spec.name, config.key_prefix)
-    app.extensions["gateway"] = Gateway(config, spec, queue, metrics.QueueCollector(queue, config.heartbeat_ttl))
+    router = Router(config, protocol.connect(config.redis_url, config.request_timeout))
+    app.extensions["gateway"] = Gateway(config, router, metrics.QueueCollector(router), load_plans(config.pipelines))
     app.config["MAX_CONTENT_LENGTH"] = config.max_upload_bytes
 
 

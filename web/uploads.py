@@ -5,6 +5,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+from dataclasses import dataclass
 
 from flask import request
 
@@ -18,26 +19,52 @@ def check_api_key(config: Settings) -> None:
         raise GatewayError(errors.UNAUTHORIZED)
 
 
-def read_upload(config: Settings) -> tuple[bytes, int]:
-    """The image bytes and top_k from a multipart `image` field or a JSON {"image": base64} body."""
+@dataclass(frozen=True)
+class Upload:
+    """What a predict request asks for: the image bytes and its parameters."""
+
+    data: bytes
+    top_k: int
+    model: str | None = None        # form field, JSON field or query parameter; the path overrides
+    version: str | None = None
+
+
+def read_upload(config: Settings) -> Upload:
+    """The image from a multipart `image` field or a JSON {"image": base64} body, with its parameters."""
     if request.mimetype == "multipart/form-data":
         upload = request.files.get("image")
         if upload is None:
             raise GatewayError(errors.MISSING_IMAGE, "send the image in a multipart field named `image`")
-        data, top_k = upload.read(), request.form.get("top_k")
+        data, fields = upload.read(), request.form
     elif request.mimetype == "application/json":
-        body = request.get_json(silent=True)
-        if not isinstance(body, dict):
+        fields = request.get_json(silent=True)
+        if not isinstance(fields, dict):
             raise GatewayError(errors.INVALID_JSON)
-        if "image" not in body:
+        if "image" not in fields:
             raise GatewayError(errors.MISSING_IMAGE, "the JSON body has no `image` field")
-        data, top_k = decode_base64(body["image"]), body.get("top_k")
+        data = decode_base64(fields["image"])
     else:
         raise GatewayError(errors.UNSUPPORTED_MEDIA_TYPE, f"content type {request.mimetype or 'none'!r} is not "
                            "accepted: send multipart/form-data or application/json")
     if not data:
         raise GatewayError(errors.EMPTY_IMAGE)
-    return data, parse_top_k(top_k if top_k is not None else request.args.get("top_k"), config)
+    top_k = parse_top_k(field(fields, "top_k"), config)
+    return Upload(data, top_k, text_field(fields, "model"), text_field(fields, "version"))
+
+
+def field(fields, name: str):
+    """A parameter from the body, else from the query string."""
+    value = fields.get(name)
+    return value if value is not None else request.args.get(name)
+
+
+def text_field(fields, name: str) -> str | None:
+    value = field(fields, name)
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str | int) or isinstance(value, bool):
+        raise GatewayError(errors.INVALID_PARAMETER, f"`{name}` must be a string")
+    return str(value)
 
 
 def decode_base64(value) -> bytes:
