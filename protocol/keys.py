@@ -19,6 +19,16 @@ class Keys:
         return f"{self.base}:queue"
 
     @property
+    def retry(self) -> str:
+        """Jobs recovered from a dead worker: each is claimed alone, so it can only blame itself."""
+        return f"{self.base}:retry"
+
+    @property
+    def bulk(self) -> str:
+        """Jobs of tasks: claimed only after the interactive queue, so /predict keeps priority."""
+        return f"{self.base}:bulk"
+
+    @property
     def workers(self) -> str:
         """Sorted set: worker id -> Redis time of its last heartbeat."""
         return f"{self.base}:workers"

@@ -35,9 +35,12 @@ class JobQueue:
         self._release = client.register_script(scripts.RELEASE)
 
     # -- web tier
-    def enqueue(self, job: Job, limit: int) -> bool:
-        """Append the job unless `limit` jobs are already waiting; False means the queue is full."""
-        return bool(self._enqueue(keys=[self.keys.queue], args=[job.encode(), limit]))
+    def enqueue(self, job: Job, limit: int, bulk: bool = False) -> bool:
+        """Append the job unless `limit` jobs are already waiting; False means the queue is full.
+
+        `bulk` jobs (of tasks) wait in their own list, claimed only after the interactive queue."""
+        queue = self.keys.bulk if bulk else self.keys.queue
+        return bool(self._enqueue(keys=[queue], args=[job.encode(), limit]))
 
     def wait_result(self, job_id: str, timeout_s: float) -> Result | None:
         """Block until the job's result is published or `timeout_s` passes (None)."""
@@ -52,6 +55,7 @@ class JobQueue:
         return Result.decode(raw) if raw else None
 
     def depth(self) -> int:
+        """Interactive jobs waiting (the queue QUEUE_LIMIT bounds)."""
         return self.client.llen(self.keys.queue)
 
     def live_workers(self, ttl_s: float) -> list[str]:
@@ -68,7 +72,7 @@ class JobQueue:
         instead of sleeping, and return it alone so that it starts without another round trip.
         """
         processing = self.keys.processing(worker_id)
-        batch = self._claim(keys=[self.keys.queue, processing], args=[count])
+        batch = self._claim(keys=[self.keys.queue, processing, self.keys.retry, self.keys.bulk], args=[count])
         if batch or block_s <= 0:
             return batch
         first = self.client.blmove(self.keys.queue, processing, block_s, "LEFT", "RIGHT")
@@ -129,7 +133,7 @@ class JobQueue:
         for worker in self._workers_by_age(keys=[self.keys.workers], args=[ttl_s, 0]):
             worker_id = worker.decode()
             counts = self._requeue_dead(
-                keys=[self.keys.workers, self.keys.queue, self.keys.dead_letter, self.keys.processing(worker_id)],
+                keys=[self.keys.workers, self.keys.retry, self.keys.dead_letter, self.keys.processing(worker_id)],
                 args=[worker_id, ttl_s, max_attempts, time.time(), result_ttl_s, failure.encode(),
                       self.keys.result("")])
             totals = [total + int(count) for total, count in zip(totals, counts, strict=True)]

@@ -13,14 +13,26 @@ redis.call('RPUSH', KEYS[1], ARGV[1])
 return 1
 """
 
-# Move up to ARGV[1] messages from the queue head to the worker's processing list in one step
-# (LRANGE + LTRIM + RPUSH), so two workers can never claim the same message.
-#   KEYS[1] queue          KEYS[2] processing:<worker>  ARGV[1] most messages to move
+# Move messages to the worker's processing list in one step (LRANGE + LTRIM + RPUSH), so two workers
+# can never claim the same message. A job recovered from a dead worker (the retry list) is claimed
+# alone: if it is what kills workers, no batch-mate is blamed. Otherwise up to ARGV[1] jobs, the
+# interactive queue first, then task (bulk) jobs to fill the batch.
+#   KEYS[1] queue          KEYS[2] processing:<worker>  KEYS[3] retry    KEYS[4] bulk
+#   ARGV[1] most messages to move
 CLAIM = """
-local items = redis.call('LRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1)
-if #items > 0 then
-  redis.call('LTRIM', KEYS[1], #items, -1)
-  redis.call('RPUSH', KEYS[2], unpack(items))
+local function move(source, count)
+  local items = redis.call('LRANGE', source, 0, count - 1)
+  if #items > 0 then
+    redis.call('LTRIM', source, #items, -1)
+    redis.call('RPUSH', KEYS[2], unpack(items))
+  end
+  return items
+end
+local retried = move(KEYS[3], 1)
+if #retried > 0 then return retried end
+local items = move(KEYS[1], tonumber(ARGV[1]))
+if #items < tonumber(ARGV[1]) then
+  for _, item in ipairs(move(KEYS[4], tonumber(ARGV[1]) - #items)) do table.insert(items, item) end
 end
 return items
 """
@@ -46,10 +58,10 @@ if ARGV[2] == '1' then return redis.call('ZRANGEBYSCORE', KEYS[1], cutoff, '+inf
 return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. cutoff)
 """
 
-# Recover what one dead worker held, if it is still silent: unexpired messages go back to the
-# queue head with attempts + 1; a message claimed ARGV[3] times already (or unreadable) goes to the
+# Recover what one dead worker held, if it is still silent: unexpired messages go to the retry
+# list (each is claimed alone from there) with attempts + 1; a message claimed ARGV[3] times already (or unreadable) goes to the
 # dead-letter list, and its client gets the failure result ARGV[6] with its id filled in.
-#   KEYS[1] workers (zset) KEYS[2] queue    KEYS[3] dead letter    KEYS[4] processing:<worker>
+#   KEYS[1] workers (zset) KEYS[2] retry    KEYS[3] dead letter    KEYS[4] processing:<worker>
 #   ARGV[1] worker id      ARGV[2] heartbeat TTL (s)   ARGV[3] max attempts   ARGV[4] now (unix s)
 #   ARGV[5] result TTL (s) ARGV[6] encoded failure Result (id "")   ARGV[7] result key prefix
 # Returns {requeued, dead_lettered, expired}.

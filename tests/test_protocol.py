@@ -128,7 +128,9 @@ def test_dead_workers_jobs_are_requeued_with_attempts_counted(queue, redis_clien
     assert queue.requeue_dead(ttl_s=1.0, max_attempts=3, result_ttl_s=30) == (0, 0, 0)  # still alive
     time.sleep(1.2)                                          # no heartbeat: dead, and "old" expired
     assert queue.requeue_dead(ttl_s=1.0, max_attempts=3, result_ttl_s=30) == (3, 0, 1)
-    requeued = [protocol.Job.decode(raw) for raw in queue.claim("heir", 10)]
+    claims = [queue.claim("heir", 10) for _ in range(3)]
+    assert [len(claim) for claim in claims] == [1, 1, 1]             # each recovered job is claimed alone
+    requeued = [protocol.Job.decode(claim[0]) for claim in claims]
     assert [job.id for job in requeued] == ["j0", "j1", "j2"]        # back in their order
     assert all(job.attempts == 1 for job in requeued)
     assert np.array_equal(requeued[0].array, make_job("j0").array)
@@ -169,3 +171,14 @@ def test_every_key_of_a_model_shares_one_cluster_hash_tag():
     names = [keys.queue, keys.workers, keys.dead_letter, keys.stats, keys.processing("w"),
              keys.result("id"), keys.cache("d"), keys.worker_info("w")]
     assert all("{resnet50}" in name for name in names)
+
+
+def test_recovered_jobs_come_first_and_alone_then_interactive_then_bulk(queue, redis_client):
+    queue.enqueue(make_job("bulk-0"), limit=10, bulk=True)
+    queue.enqueue(make_job("bulk-1"), limit=10, bulk=True)
+    queue.enqueue(make_job("interactive"), limit=10)
+    redis_client.rpush(queue.keys.retry, make_job("recovered").encode())
+    assert [protocol.Job.decode(raw).id for raw in queue.claim("w", 8)] == ["recovered"]
+    assert [protocol.Job.decode(raw).id for raw in queue.claim("w", 2)] == ["interactive", "bulk-0"]
+    assert [protocol.Job.decode(raw).id for raw in queue.claim("w", 8)] == ["bulk-1"]
+    assert queue.depth() == 0 and redis_client.llen(queue.keys.processing("w")) == 4

@@ -22,13 +22,24 @@ def new_job(served: Served, array: np.ndarray, deadline: float, top_k: int, para
                         trace_id=g.trace_id, cache_key=cache_key, params=params or {})
 
 
-def submit(served: Served, job: protocol.Job) -> protocol.Job:
+def refuse_when_full(served: Served) -> None:
+    """503 SERVER_BUSY before any decoding when the queue is at its limit: a refusal costs almost nothing.
+    (The enqueue checks again, atomically.)"""
+    if served.queue.depth() >= gateway().config.queue_limit:
+        raise busy()
+
+
+def submit(served: Served, job: protocol.Job, bulk: bool = False) -> protocol.Job:
     """Queue the job, or 503 SERVER_BUSY at once when its queue is full."""
-    config = gateway().config
-    if not served.queue.enqueue(job, config.queue_limit):
-        raise GatewayError(errors.SERVER_BUSY, f"{config.queue_limit} requests are already waiting",
-                           {"Retry-After": str(config.retry_after)})
+    if not served.queue.enqueue(job, gateway().config.queue_limit, bulk):
+        raise busy()
     return job
+
+
+def busy() -> GatewayError:
+    config = gateway().config
+    return GatewayError(errors.SERVER_BUSY, f"{config.queue_limit} requests are already waiting",
+                        {"Retry-After": str(config.retry_after)})
 
 
 def wait(served: Served, job: protocol.Job, step: str = "") -> protocol.Result:

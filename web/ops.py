@@ -21,18 +21,17 @@ def healthz():
 
 @bp.get("/readyz")
 def readyz():
-    """Ready when Redis answers and the default model has a live worker."""
+    """Ready when Redis answers and the default model has a live worker (read now, not from the view)."""
     gw = gateway()
     try:
-        gw.router.queue(gw.router.default_name, "1").client.ping()
         served = gw.router.resolve(None, None)
+        live = len(served.queue.live_workers(gw.config.heartbeat_ttl))
     except redis.RedisError:
         return jsonify({"ready": False, "reason": "redis unreachable"}), 503
     except GatewayError as exc:
         return jsonify({"ready": False, "reason": exc.message}), 503
-    body = {"ready": bool(served.live_workers), "model": served.name, "version": served.version,
-            "live_workers": served.live_workers}
-    return jsonify(body), (200 if served.live_workers else 503)
+    body = {"ready": bool(live), "model": served.name, "version": served.version, "live_workers": live}
+    return jsonify(body), (200 if live else 503)
 
 
 @bp.get("/status")

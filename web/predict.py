@@ -11,7 +11,7 @@ import imaging
 import metrics
 import protocol
 from errors import GatewayError
-from web.jobs import new_job, submit, wait
+from web.jobs import new_job, refuse_when_full, submit, wait
 from web.resources import gateway
 from web.routing import Served
 from web.uploads import cache_digest, check_api_key, read_upload
@@ -33,6 +33,7 @@ def predict(name: str | None = None, version: str | None = None):
     if cached:
         metrics.CACHE_HITS.inc()
         return answer(cached, served)
+    refuse_when_full(served)
     array, params = model_input(upload.data, served.spec)
     job = new_job(served, array, time.time() + gw.config.request_timeout, upload.top_k, params, digest, g.job_id)
     return answer(wait(served, submit(served, job)), served)
