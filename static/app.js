@@ -1,11 +1,16 @@
-/* The page: send each chosen image to `POST predict` (with the model picked from `GET v1/models`) and show
-   its top labels, or its error in words. */
+/* The page: send each chosen image to `POST predict` (with the model picked from `GET v1/models`) or to
+   `POST v1/pipelines/<name>/predict` (a pipeline from `GET v1/pipelines`) and show its top labels, its
+   detections (as text, and as boxes drawn over the thumbnail), or its error in words. */
 "use strict";
 
 (function () {
   // Relative on purpose: resolved against the page, so it also works behind a proxy under a prefix.
   const PREDICT_URL = "predict";
   const MODELS_URL = "v1/models";
+  const PIPELINES_URL = "v1/pipelines";
+  const PIPELINE_VALUE = "pipeline:";      // picker values of pipelines, apart from model names
+  const SVG_NS = "http://www.w3.org/2000/svg";
+  const BOX_LABEL_PX = 12;                 // box labels are this tall on screen, whatever the thumbnail's scale
   const MODELS_TIMEOUT_MS = 15000;
   const MODELS_LOADING_RETRY_MS = 5000;    // look again while a version is still loading
   const MODELS_FAILED_RETRY_MS = 30000;    // and now and then after the list could not be read
@@ -33,6 +38,8 @@
     TIMEOUT: "The server took too long to answer. It may be overloaded; please try again.",
     MODEL_NOT_FOUND: "The chosen model is not served any more. The model list has been refreshed: pick another model, then try again.",
     MODEL_VERSION_NOT_FOUND: "The chosen version of this model is not served (it may have been removed). The model list has been refreshed: pick another version, then try again.",
+    PIPELINE_NOT_FOUND: "The chosen pipeline is not served any more. The list has been refreshed: pick another model or pipeline, then try again.",
+    PIPELINE_STEP_FAILED: "One step of the pipeline failed on this image. The details below name the step.",
     MODEL_UNAVAILABLE: "This model version could not be loaded, or no worker is running it right now. Pick another version, or try again later.",
     INFERENCE_FAILED: "The model failed on this image. Please try another image, or this one again later.",
     INTERNAL_ERROR: "Something went wrong on the server. Please try again later.",
@@ -46,7 +53,8 @@
   };
   // Sending the same bytes again cannot help with these.
   // The picker may be out of date when the server answers one of these: read the list again.
-  const MODEL_CODES = new Set(["MODEL_NOT_FOUND", "MODEL_VERSION_NOT_FOUND", "MODEL_UNAVAILABLE"]);
+  const MODEL_CODES = new Set(["MODEL_NOT_FOUND", "MODEL_VERSION_NOT_FOUND", "MODEL_UNAVAILABLE",
+                               "PIPELINE_NOT_FOUND"]);
   const STATE_WORDS = { READY: "ready", LOADING: "loading", UNAVAILABLE: "unavailable" };
   const FINAL_CODES = new Set(["IMAGE_UNREADABLE", "UNSUPPORTED_FORMAT", "IMAGE_TOO_LARGE",
                                "PAYLOAD_TOO_LARGE", "EMPTY_IMAGE"]);
@@ -124,34 +132,47 @@
   let modelsDrawn = null;     // the listing the picker shows (JSON), to redraw only when it changed
   let modelsTimer = null;
 
+  let pipelinesKnown = [];    // the pipelines from the last good `v1/pipelines` answer
+
   async function loadModels() {
     clearTimeout(modelsTimer);
     const controller = new AbortController();
     const timer = setTimeout(() => controller.abort(), MODELS_TIMEOUT_MS);
-    let listing = null;
-    let problem = "";
+    let models, pipelines;
     try {
-      const response = await fetch(MODELS_URL, {
-        headers: apiHeaders(), signal: controller.signal, credentials: "same-origin", cache: "no-store",
-      });
-      const body = await response.json().catch(() => null);
-      if (response.ok && body && Array.isArray(body.models)) {
-        listing = body.models.filter((model) => model && typeof model.name === "string");
-      }
-      else problem = response.ok ? "an answer this page does not understand" : "HTTP " + response.status;
-    } catch (err) {
-      problem = err && err.name === "AbortError" ? "no answer in time" : "the server could not be reached";
+      [models, pipelines] = await Promise.all([readList(MODELS_URL, "models", controller.signal),
+                                               readList(PIPELINES_URL, "pipelines", controller.signal)]);
     } finally {
       clearTimeout(timer);
     }
-    if (!listing) {
-      showModelsFailed(problem);
+    // A gateway without pipelines (or an older one: 404) still has its models listed.
+    if (pipelines.list) pipelinesKnown = pipelines.list;
+    if (!models.list) {
+      showModelsFailed(models.problem);
       modelsTimer = setTimeout(loadModels, MODELS_FAILED_RETRY_MS);
       return;
     }
-    drawModels(listing);
+    const listing = models.list;
+    drawModels(listing, pipelinesKnown);
     const loading = listing.some((model) => versionsOf(model).some((version) => version.state === "LOADING"));
     if (loading) modelsTimer = setTimeout(loadModels, MODELS_LOADING_RETRY_MS);
+  }
+
+  // `{list}` with the named entries of the answer's `key` array, or `{list: null, problem}` in words.
+  async function readList(url, key, signal) {
+    try {
+      const response = await fetch(url, {
+        headers: apiHeaders(), signal, credentials: "same-origin", cache: "no-store",
+      });
+      const body = await response.json().catch(() => null);
+      if (response.ok && body && Array.isArray(body[key])) {
+        return { list: body[key].filter((entry) => entry && typeof entry.name === "string") };
+      }
+      return { list: null, problem: response.ok ? "an answer this page does not understand" : "HTTP " + response.status };
+    } catch (err) {
+      return { list: null,
+               problem: err && err.name === "AbortError" ? "no answer in time" : "the server could not be reached" };
+    }
   }
 
   function versionsOf(model) {
@@ -160,14 +181,17 @@
 
   function showModelsFailed(problem) {
     if (modelsDrawn !== null) return;      // keep the list from the last good answer
-    modelSelect.replaceChildren(el("option", null, "Server default"));
-    modelSelect.firstChild.value = "";
+    const fallback = el("option", null, "Server default");
+    fallback.value = "";
+    const group = pipelinesGroup(pipelinesKnown, null);
+    modelSelect.replaceChildren(fallback, ...(group ? [group] : []));
+    modelSelect.value = "";
     modelStatus.textContent = "The list of models could not be loaded (" + problem +
                               "), so images go to the server\u2019s default model.";
   }
 
-  function drawModels(listing) {
-    const drawn = JSON.stringify(listing);
+  function drawModels(listing, pipelines) {
+    const drawn = JSON.stringify([listing, pipelines]);
     if (drawn === modelsDrawn) return;
     modelsDrawn = drawn;
     const previous = modelSelect.value;
@@ -177,7 +201,13 @@
       group.append(newestOption(model), ...versionsOf(model).map((version) => versionOption(model, version)));
       return group;
     });
-    if (!groups.length) groups.push(el("option", null, "Server default"));
+    if (!groups.length) {
+      const fallback = el("option", null, "Server default");
+      fallback.value = "";
+      groups.push(fallback);
+    }
+    const pipelineGroup = pipelinesGroup(pipelines, listing);
+    if (pipelineGroup) groups.push(pipelineGroup);
     modelSelect.replaceChildren(...groups);
     const usable = Array.from(modelSelect.options).filter((option) => !option.disabled);
     const keep = usable.find((option) => option.value === previous && previous !== "");
@@ -185,7 +215,8 @@
     if (keep || fallback) modelSelect.value = (keep || fallback).value;
     modelStatus.textContent = !listing.length ? "The server lists no models; images go to its default model."
       : listing.length + (listing.length === 1 ? " model" : " models") +
-        " served. Each image goes to the chosen model\u2019s newest version, unless you pick a version.";
+        " served. Each image goes to the chosen model\u2019s newest version, unless you pick a version." +
+        (pipelines.length ? " Pipelines run several models on each image." : "");
   }
 
   function newestOption(model) {
@@ -211,9 +242,63 @@
     return option;
   }
 
-  // The model (and version, when pinned) the picker names now; null sends no model: the server's default.
+  // The "Pipelines" group: one option per pipeline, disabled while a model it needs is not ready
+  // (`listing` null: the models are not known, so none is checked).
+  function pipelinesGroup(pipelines, listing) {
+    if (!pipelines.length) return null;
+    const group = el("optgroup");
+    group.label = "Pipelines";
+    group.className = "pipelines";
+    group.append(...pipelines.map((pipeline) => pipelineOption(pipeline, listing)));
+    return group;
+  }
+
+  function pipelineOption(pipeline, listing) {
+    const steps = Array.isArray(pipeline.steps) ? pipeline.steps.filter((step) => step && typeof step === "object") : [];
+    const needed = [];
+    let anyClassifier = false;
+    const parts = steps.map((step) => {
+      if (typeof step.model === "string") {
+        needed.push(step.model);
+        return step.model;
+      }
+      if (Array.isArray(step.models)) {
+        const names = step.models.map(String);
+        needed.push(...names);
+        return names.join(" + ");
+      }
+      if (step.models === "all_classifiers") {
+        anyClassifier = true;
+        return "every classifier";
+      }
+      return String(step.step || "step");
+    });
+    const missing = [];
+    if (listing) {
+      const ready = (model) => versionsOf(model).some((version) => version.state === "READY");
+      const readyNames = new Set(listing.filter(ready).map((model) => model.name));
+      needed.filter((name, index) => !readyNames.has(name) && needed.indexOf(name) === index)
+        .forEach((name) => missing.push(name));
+      if (anyClassifier && !listing.some((model) => ready(model) && (!model.kind || model.kind === "classifier"))) {
+        missing.push("a classifier");
+      }
+    }
+    const option = el("option", null, pipeline.name + (parts.length ? " \u00b7 " + parts.join(" \u2192 ") : "") +
+                      (missing.length ? " (needs " + missing.join(", ") + ")" : ""));
+    option.value = PIPELINE_VALUE + pipeline.name;
+    option.dataset.pipeline = pipeline.name;
+    option.disabled = missing.length > 0;
+    const description = pipeline.description ? String(pipeline.description) : "";
+    const reason = missing.length ? "Not available: " + missing.join(", ") + " not served or not ready." : "";
+    if (description || reason) option.title = [description, reason].filter(Boolean).join(" ");
+    return option;
+  }
+
+  // What the picker names now: a pipeline, or a model (and version, when pinned); null sends no model:
+  // the server's default.
   function chosenModel() {
     const option = modelSelect.selectedOptions[0];
+    if (option && option.dataset.pipeline) return { pipeline: option.dataset.pipeline };
     if (!option || !option.dataset.model) return null;
     return { model: option.dataset.model, version: option.dataset.version || null };
   }
@@ -259,9 +344,10 @@
     root.setAttribute("aria-busy", "true");
     const thumb = el("div", "thumb");
     let url = null;
+    let img = null;
     if (!file.type || file.type.indexOf("image/") === 0) {
       url = URL.createObjectURL(file);
-      const img = el("img");
+      img = el("img");
       img.alt = "";
       img.decoding = "async";
       img.addEventListener("error", () => {
@@ -280,7 +366,7 @@
     const result = el("div", "result");
     body.append(name, state, result);
     root.append(thumb, body);
-    const card = { file, root, name, state, result, url };
+    const card = { file, root, name, state, result, url, thumb, img, overlay: null };
     root.imageCard = card;
     return card;
   }
@@ -294,6 +380,7 @@
     card.root.setAttribute("aria-busy", "true");
     card.root.classList.remove("failed", "done");
     card.result.replaceChildren();
+    clearBoxes(card);
     card.state.hidden = false;
     card.state.textContent = "Waiting\u2026";
     card.choice = chosenModel();     // "Try again" sends the picker's choice at that moment
@@ -305,7 +392,10 @@
 
     const form = new FormData();
     form.append("image", card.file, card.file.name || "image");
-    if (card.choice) {
+    let url = PREDICT_URL;
+    if (card.choice && card.choice.pipeline) {
+      url = PIPELINES_URL + "/" + encodeURIComponent(card.choice.pipeline) + "/predict";
+    } else if (card.choice) {
       form.append("model", card.choice.model);
       if (card.choice.version) form.append("version", card.choice.version);
     }
@@ -316,7 +406,7 @@
     const started = performance.now();
     let outcome;
     try {
-      const response = await fetch(PREDICT_URL, {
+      const response = await fetch(url, {
         method: "POST", body: form, headers, signal: controller.signal, credentials: "same-origin",
       });
       outcome = await readResponse(response);
@@ -336,8 +426,7 @@
     let body = null;
     try { body = JSON.parse(text); } catch (e) { body = null; }
     const retryAfter = response.headers.get("Retry-After");
-    if (response.ok && body && body.success === true &&
-        (Array.isArray(body.predictions) || Array.isArray(body.detections))) {
+    if (response.ok && body && body.success === true && (isAnswer(body) || isFanOut(body))) {
       return { ok: true, body };
     }
     if (body && body.error && typeof body.error === "object") {
@@ -349,23 +438,44 @@
   }
 
   // A classifier answers `predictions`; a detector (a model of another kind) answers `detections`.
-  function resultRows(body) {
-    if (Array.isArray(body.predictions)) {
-      return body.predictions.map((p) => ({ label: p.label, probability: p.probability,
-                                            title: p.class_id !== undefined ? "class " + p.class_id : "" }));
-    }
-    return body.detections.map((d) => ({ label: d.label, probability: d.score,
-                                          title: Array.isArray(d.box) ? "box " + d.box.join(", ") : "" }));
+  function isAnswer(body) {
+    return Array.isArray(body.predictions) || Array.isArray(body.detections);
   }
 
-  function showPredictions(card, body, elapsedMs) {
-    const name = card.file.name || "image";
-    const rows = resultRows(body);
+  // A fan-out pipeline answers `results`: one answer per model, each shaped like that model's own.
+  function isFanOut(body) {
+    const results = body.results;
+    return Boolean(results) && typeof results === "object" && !Array.isArray(results) &&
+           Object.values(results).every((result) => result && typeof result === "object" && isAnswer(result));
+  }
+
+  function resultRows(body) {
+    if (Array.isArray(body.predictions)) {
+      return body.predictions.map((p) => ({ label: humanLabel(p.label), probability: p.probability,
+                                            title: p.class_id !== undefined ? "class " + p.class_id : "" }));
+    }
+    // Each detection of a detect-then-classify pipeline also carries its crop's `predictions`.
+    return body.detections.map((d) => {
+      const top = topPrediction(d);
+      return { label: humanLabel(d.label) + (top ? " \u00b7 " + humanLabel(top.label) + " (" + percent(top.probability) + ")" : ""),
+               probability: d.score,
+               title: [Array.isArray(d.box) ? "box " + d.box.join(", ") : "",
+                       Array.isArray(d.predictions) && d.predictions.length > 1
+                         ? "crop: " + d.predictions.map((p) => humanLabel(p.label) + " " + percent(p.probability)).join(", ")
+                         : ""].filter(Boolean).join(" \u00b7 ") };
+    });
+  }
+
+  function topPrediction(detection) {
+    return Array.isArray(detection.predictions) && detection.predictions.length ? detection.predictions[0] : null;
+  }
+
+  function predictionList(rows, ariaLabel, emptyText) {
     const list = el("ol", "predictions");
-    list.setAttribute("aria-label", (Array.isArray(body.predictions) ? "Top labels for " : "Detections in ") + name);
+    list.setAttribute("aria-label", ariaLabel);
     rows.forEach((prediction, index) => {
       const item = el("li", index === 0 ? "prediction top" : "prediction");
-      const label = el("span", "label", humanLabel(prediction.label));
+      const label = el("span", "label", prediction.label);
       if (prediction.title) label.title = prediction.title;
       const value = el("span", "value", percent(prediction.probability));
       const bar = el("span", "bar");
@@ -376,20 +486,159 @@
       item.append(label, value, bar);
       list.appendChild(item);
     });
-    if (!rows.length) list.appendChild(el("li", "prediction", "No labels returned."));
+    if (!rows.length) list.appendChild(el("li", "prediction", emptyText));
+    return list;
+  }
+
+  function showPredictions(card, body, elapsedMs) {
+    const name = card.file.name || "image";
+    const answers = [];        // [model name or null, its answer]
+    if (isAnswer(body)) answers.push([null, body]);
+    else Object.keys(body.results).forEach((model) => answers.push([model, body.results[model]]));
+    const spoken = [];
+    answers.forEach(([model, answer]) => {
+      const rows = resultRows(answer);
+      const classified = Array.isArray(answer.predictions);
+      const list = predictionList(rows, (classified ? "Top labels " : "Detections ") + (model ? "of " + model + " " : "") +
+                                  (classified ? "for " : "in ") + name,
+                                  classified ? "No labels returned." : "Nothing found.");
+      if (model) {
+        const section = el("div", "model-result");
+        const heading = el("h4", "model-heading", model);
+        if (answer.version !== undefined && answer.version !== null) {
+          heading.append(el("span", "model-version", " \u00b7 v" + answer.version));
+        }
+        section.append(heading, list);
+        card.result.append(section);
+      } else {
+        card.result.append(list);
+      }
+      const top = rows[0];
+      spoken.push((model ? model + ": " : "") + (top ? top.label + ", " + percent(top.probability)
+        : (classified ? "no labels returned" : "nothing found")));
+    });
     const meta = el("p", "meta");
     meta.append(el("span", "elapsed", elapsedMs + " ms"));
+    if (body.pipeline) {
+      meta.append(document.createTextNode(" \u00b7 pipeline "), el("span", "pipeline", String(body.pipeline)));
+    }
     if (body.model) meta.append(document.createTextNode(" \u00b7 model "), el("span", "model", String(body.model)));
     if (body.version !== undefined && body.version !== null) {
       meta.append(document.createTextNode(" \u00b7 version "), el("span", "version", String(body.version)));
     }
-    card.result.append(list, meta);
+    card.result.append(meta);
     card.state.hidden = true;
     card.root.classList.add("done");
     card.root.setAttribute("aria-busy", "false");
-    const top = rows[0];
-    announce(top ? name + ": " + humanLabel(top.label) + ", " + percent(top.probability) + "."
-                 : name + ": no labels returned.");
+    const detections = [];
+    answers.forEach(([, answer]) => {
+      if (Array.isArray(answer.detections)) detections.push(...answer.detections);
+    });
+    drawBoxes(card, detections);
+    announce(name + ": " + spoken.join("; ") + ".");
+  }
+
+  // ------------------------------------------------------------------ boxes over the thumbnail
+  // An SVG over the <img>, its viewBox the image's natural size and its aspect kept as `object-fit:
+  // contain` keeps the picture's: the boxes, in the image's pixels (after EXIF rotation, as the browser
+  // shows it), land on it at any displayed size. Decorative: the text list above says the same.
+  const overlayResized = typeof ResizeObserver === "function"
+    ? new ResizeObserver((entries) => entries.forEach((entry) => layoutLabels(entry.target))) : null;
+
+  function clearBoxes(card) {
+    card.drawing = null;
+    if (!card.overlay) return;
+    if (overlayResized) overlayResized.unobserve(card.overlay);
+    card.overlay.remove();
+    card.overlay = null;
+  }
+
+  function drawBoxes(card, detections) {
+    clearBoxes(card);
+    const boxes = detections.filter((d) => d && Array.isArray(d.box) && d.box.length === 4 &&
+                                           d.box.every((value) => Number.isFinite(Number(value))));
+    const img = card.img;
+    if (!boxes.length || !img) return;
+    const drawing = {};
+    card.drawing = drawing;
+    const draw = () => {
+      if (card.drawing !== drawing || !img.isConnected || !img.naturalWidth || !img.naturalHeight) return;
+      card.overlay = boxOverlay(img.naturalWidth, img.naturalHeight, boxes);
+      card.thumb.appendChild(card.overlay);
+      layoutLabels(card.overlay);
+      if (overlayResized) overlayResized.observe(card.overlay);
+    };
+    if (img.complete && img.naturalWidth) draw();
+    else img.addEventListener("load", draw, { once: true });
+  }
+
+  function svg(tag, className) {
+    const node = document.createElementNS(SVG_NS, tag);
+    if (className) node.setAttribute("class", className);
+    return node;
+  }
+
+  function boxOverlay(width, height, boxes) {
+    const overlay = svg("svg", "boxes");
+    overlay.setAttribute("viewBox", "0 0 " + width + " " + height);
+    overlay.setAttribute("preserveAspectRatio", "xMidYMid meet");
+    overlay.setAttribute("aria-hidden", "true");
+    overlay.setAttribute("focusable", "false");
+    overlay.boxes = [];
+    boxes.forEach((detection) => {
+      const [x0, y0, x1, y1] = detection.box.map(Number);
+      const left = Math.max(0, Math.min(x0, x1)), right = Math.min(width, Math.max(x0, x1));
+      const top = Math.max(0, Math.min(y0, y1)), bottom = Math.min(height, Math.max(y0, y1));
+      const group = svg("g", "box");
+      const shapes = ["box-halo", "box-line"].map((className) => {
+        const rect = svg("rect", className);
+        rect.setAttribute("x", left);
+        rect.setAttribute("y", top);
+        rect.setAttribute("width", Math.max(0, right - left));
+        rect.setAttribute("height", Math.max(0, bottom - top));
+        return rect;
+      });
+      const label = svg("text", "box-label");
+      label.textContent = boxLabel(detection);
+      group.append(...shapes, label);
+      overlay.appendChild(group);
+      overlay.boxes.push({ left, top, right, bottom, label });
+    });
+    overlay.natural = { width, height };
+    return overlay;
+  }
+
+  // "face 0.99", and for a face crop classified by a pipeline its top label: "face 0.99 · suit".
+  function boxLabel(detection) {
+    const score = Number(detection.score);
+    const top = topPrediction(detection);
+    return humanLabel(detection.label === undefined ? "object" : detection.label) +
+           (Number.isFinite(score) ? " " + score.toFixed(2) : "") +
+           (top ? " \u00b7 " + humanLabel(top.label) : "");
+  }
+
+  // Labels keep BOX_LABEL_PX on screen: their size in the image's pixels follows the displayed scale.
+  // Each sits above its box, or below it, or inside it where the picture has no room.
+  function layoutLabels(overlay) {
+    const rect = overlay.getBoundingClientRect();
+    const natural = overlay.natural;
+    const scale = Math.min(rect.width / natural.width, rect.height / natural.height);
+    if (!(scale > 0)) return;
+    const size = BOX_LABEL_PX / scale;
+    overlay.boxes.forEach((box) => {
+      const label = box.label;
+      label.setAttribute("font-size", size.toFixed(2));
+      label.setAttribute("stroke-width", (3 / scale).toFixed(2));
+      const rightHalf = (box.left + box.right) / 2 > natural.width / 2;
+      label.setAttribute("text-anchor", rightHalf ? "end" : "start");
+      label.setAttribute("x", (rightHalf ? box.right : box.left).toFixed(1));
+      const gap = 0.25 * size;
+      let baseline;
+      if (box.top >= size + gap) baseline = box.top - gap;                              // above
+      else if (natural.height - box.bottom >= size + gap) baseline = box.bottom + size;  // below
+      else baseline = box.top + size;                                                  // inside
+      label.setAttribute("y", baseline.toFixed(1));
+    });
   }
 
   function showError(card, outcome, elapsedMs) {
@@ -430,7 +679,9 @@
 
   function clearCards() {
     Array.from(cardList.children).forEach((item) => {
-      if (item.imageCard && item.imageCard.url) URL.revokeObjectURL(item.imageCard.url);
+      if (!item.imageCard) return;
+      clearBoxes(item.imageCard);
+      if (item.imageCard.url) URL.revokeObjectURL(item.imageCard.url);
     });
     cardList.replaceChildren();
     emptyNote.hidden = false;

@@ -7,11 +7,13 @@ Screenshots go to tests/artifacts/.
 from __future__ import annotations
 
 import base64
+import io
 import os
 import re
 import shutil
 
 import pytest
+from PIL import Image
 from test_many_models import Gateway, publish_version, repository_config
 
 from conftest import ARTIFACTS, DATA, ServerThread, WorkerThread, make_config, wait_for
@@ -293,8 +295,9 @@ def test_model_picker_lists_the_served_models_and_pins_a_version(repository_gate
     page.add_init_script(RECORD_FORM_FIELDS)
     page.goto(repository_gateway.url + "/")
     picker = page.get_by_label("Model", exact=True)
-    expect(picker.locator("option")).to_have_count(6)
-    options = picker.locator("option").evaluate_all(
+    models = picker.locator("optgroup:not(.pipelines) option")
+    expect(models).to_have_count(6)
+    options = models.evaluate_all(
         "options => options.map(o => [o.parentElement.label, o.textContent, o.disabled])")
     assert options == [["other", "other \u00b7 newest (v1)", False],
                        ["other", "other \u00b7 v2 (unavailable)", True],      # broken: shown, not choosable
@@ -303,6 +306,12 @@ def test_model_picker_lists_the_served_models_and_pins_a_version(repository_gate
                        ["toy", "toy \u00b7 v2", False],
                        ["toy", "toy \u00b7 v1", False]], options
     assert picker.locator("option", has_text="v2 (unavailable)").get_attribute("title"), "no reason shown"
+    # The pipelines file loads by default: face_crops needs models this gateway does not serve.
+    pipelines = picker.locator("optgroup.pipelines option").evaluate_all(
+        "options => options.map(o => [o.parentElement.label, o.value, o.disabled])")
+    assert pipelines == [["Pipelines", "pipeline:face_crops", True],
+                         ["Pipelines", "pipeline:all_classifiers", False]], pipelines
+    assert "mtcnn" in picker.locator("option[value='pipeline:face_crops']").inner_text()
     expect(picker).to_have_value("toy")                                   # the default model is preselected
     expect(page.locator("#model-status")).to_contain_text("2 models served")
 
@@ -332,3 +341,113 @@ def test_model_picker_failure_sends_no_model(repository_gateway, new_page):
     fields, found = upload_as(page, "cat.jpg")
     assert fields == {}, fields                                           # no model: the server's default
     assert_answered_by(found, "toy", "2", "beta")
+
+
+# ------------------------------------------------------------------------------ detectors and pipelines
+@pytest.fixture
+def detector_gateway(redis_url):
+    """A real gateway serving mtcnn beside the default classifier; the default pipelines file loads."""
+    gateway = Gateway(make_config(redis_url, models="mtcnn", request_timeout=60.0))
+    try:
+        yield gateway
+    finally:
+        gateway.stop()
+
+
+def rotated_copy(path, size: tuple[int, int]) -> bytes:
+    """The photo's top-left `size`, stored turned a quarter with EXIF orientation 6 saying how to show it upright."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buffer = io.BytesIO()
+    upright = Image.open(path).crop((0, 0, *size))
+    upright.transpose(Image.Transpose.ROTATE_90).save(buffer, "JPEG", quality=95, exif=exif.tobytes())
+    return buffer.getvalue()
+
+
+def upload_answered(page, path, name: str, endpoint: str, data: bytes | None = None):
+    """Upload `path` (or `data`) as `name`: (the JSON answer the page got from `endpoint`, the finished card)."""
+    with page.expect_response(lambda response: response.url.endswith(endpoint),
+                              timeout=RESULT_TIMEOUT_MS) as answered:
+        page.set_input_files("#file-input", {"name": name, "mimeType": "image/jpeg",
+                                             "buffer": data if data is not None else path.read_bytes()})
+    found = finished_card(page, name)
+    expect(found).to_have_class(re.compile(r"\bdone\b"))
+    return answered.value.json(), found
+
+
+def expected_rect(img, box) -> dict:
+    """Where `box` (natural pixels) lands on the <img>: object-fit contain scales and centres the picture."""
+    shown = img.bounding_box()
+    natural = img.evaluate("img => [img.naturalWidth, img.naturalHeight]")
+    scale = min(shown["width"] / natural[0], shown["height"] / natural[1])
+    left = shown["x"] + (shown["width"] - natural[0] * scale) / 2
+    top = shown["y"] + (shown["height"] - natural[1] * scale) / 2
+    return {"x": left + box[0] * scale, "y": top + box[1] * scale,
+            "width": (box[2] - box[0]) * scale, "height": (box[3] - box[1]) * scale}
+
+
+def assert_box_drawn(found, detection: dict) -> str:
+    """One box over the thumbnail, where the answer's box is: its label's text."""
+    boxes = found.locator(".thumb svg.boxes .box")
+    expect(boxes).to_have_count(1)
+    assert found.locator(".thumb svg.boxes").get_attribute("aria-hidden") == "true"
+    drawn = boxes.locator("rect.box-line").bounding_box()
+    want = expected_rect(found.locator(".thumb img"), detection["box"])
+    assert all(abs(drawn[key] - want[key]) < 3 for key in want), (drawn, want)
+    label = boxes.locator("text.box-label")
+    label_rect, thumb_rect = label.bounding_box(), found.locator(".thumb").bounding_box()
+    assert 9 < label_rect["height"] < 24, label_rect                           # readable on screen
+    assert thumb_rect["y"] <= label_rect["y"]                                  # inside the thumbnail
+    assert label_rect["y"] + label_rect["height"] <= thumb_rect["y"] + thumb_rect["height"]
+    return label.text_content()
+
+
+def test_detector_and_pipeline_boxes_are_drawn_over_the_photo(detector_gateway, new_page):
+    page = new_page()
+    page.goto(detector_gateway.url + "/")
+    picker = page.get_by_label("Model", exact=True)
+    expect(picker.locator("option[value='mtcnn']")).to_be_enabled(timeout=RESULT_TIMEOUT_MS)
+    expect(picker.locator("option[value='pipeline:face_crops']")).to_be_enabled()
+
+    picker.select_option("mtcnn")
+    body, found = upload_answered(page, DATA / "astronaut.jpg", "astronaut.jpg", "/predict")
+    assert body["model"] == "mtcnn" and len(body["detections"]) == 1, body
+    face = body["detections"][0]
+    label = assert_box_drawn(found, face)
+    assert re.fullmatch(r"face \d\.\d\d", label) and float(label.split()[1]) == pytest.approx(face["score"], abs=0.006)
+    # The text list stays, for screen readers: the box itself is decorative.
+    expect(found.locator(".predictions")).to_have_attribute("aria-label", "Detections in astronaut.jpg")
+    expect(found.locator(".prediction.top .label")).to_have_text("face")
+
+    # An EXIF-rotated copy: the browser shows it upright (image-orientation: from-image), as the
+    # server measures its boxes, so the box lands on the face again.
+    # A copy cut to 512x400 (the face stays in), so a sideways display would show as 400x512.
+    body, turned = upload_answered(page, None, "astronaut-turned.jpg", "/predict",
+                                   rotated_copy(DATA / "astronaut.jpg", (512, 400)))
+    assert turned.locator(".thumb img").evaluate("img => [img.naturalWidth, img.naturalHeight]") == [512, 400]
+    turned_box = body["detections"][0]["box"]
+    assert max(abs(a - b) for a, b in zip(turned_box, face["box"], strict=True)) < 6, (turned_box, face["box"])
+    assert_box_drawn(turned, body["detections"][0])
+
+    picker.select_option("pipeline:face_crops")
+    body, crops = upload_answered(page, DATA / "astronaut.jpg", "faces-of-astronaut.jpg",
+                                  "/v1/pipelines/face_crops/predict")
+    assert body["pipeline"] == "face_crops" and len(body["detections"]) == 1, body
+    top = body["detections"][0]["predictions"][0]["label"].replace("_", " ")
+    label = assert_box_drawn(crops, body["detections"][0])
+    assert label.startswith("face ") and label.endswith("\u00b7 " + top), (label, top)
+    expect(crops.locator(".prediction.top .label")).to_contain_text(top)
+    expect(crops.locator(".meta .pipeline")).to_have_text("face_crops")
+    expect(page.locator("#announcer")).to_contain_text("faces-of-astronaut.jpg: face \u00b7 " + top)
+
+    # A fan-out answers one small list per model, and draws no box for classifiers.
+    picker.select_option("pipeline:all_classifiers")
+    body, fanned = upload_answered(page, DATA / "cat.jpg", "cat.jpg", "/v1/pipelines/all_classifiers/predict")
+    results = fanned.locator(".model-result")
+    expect(results).to_have_count(len(body["results"]))
+    for index, (model, result) in enumerate(body["results"].items()):
+        expect(results.nth(index).locator(".model-heading")).to_contain_text(model)
+        expect(results.nth(index).locator(".prediction .label")).to_have_text(
+            [p["label"].replace("_", " ") for p in result["predictions"]])
+    expect(fanned.locator(".thumb svg")).to_have_count(0)
+    screenshot(page, "page-detections.png")
