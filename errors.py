@@ -21,6 +21,10 @@ EMPTY_IMAGE = ErrorCode("EMPTY_IMAGE", 400, "the image field is empty")
 INVALID_BASE64 = ErrorCode("INVALID_BASE64", 400, "the JSON `image` is not valid base64")
 INVALID_PARAMETER = ErrorCode("INVALID_PARAMETER", 400, "a request parameter (such as top_k) is out of range")
 INVALID_JSON = ErrorCode("INVALID_JSON", 400, "the body is not a JSON object with a string `image`")
+URL_NOT_ALLOWED = ErrorCode("URL_NOT_ALLOWED", 400, "the image URL is refused (scheme, credentials, or an "
+                            "address that is not public and not in URL_ALLOWLIST; the message says which)")
+URL_FETCH_FAILED = ErrorCode("URL_FETCH_FAILED", 400, "the image URL could not be fetched (network, timeout, "
+                             "HTTP status, or larger than MAX_UPLOAD_BYTES: 413)")
 IMAGE_UNREADABLE = ErrorCode("IMAGE_UNREADABLE", 400,
                               "the bytes are not a readable image (corrupt, truncated or not an image)")
 UNSUPPORTED_FORMAT = ErrorCode("UNSUPPORTED_FORMAT", 415, "an image format the gateway does not accept")

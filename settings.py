@@ -47,6 +47,9 @@ class Settings:
     top_k: int = 5                          # predictions returned by default; `top_k` form/JSON field up to max_top_k
     max_top_k: int = 20
     wire_dtype: str = "uint8"               # array dtype on the queue: uint8 (default) or float32 (the card's)
+    url_input: int = 1                      # 1: a request may send {"url": ...} or a form field `url` instead of bytes
+    url_allowlist: str = ""                 # hosts, *.wildcards or CIDRs allowed besides the public internet
+    url_fetch_timeout: float = 5.0          # s for the whole fetch of an image URL (connect, redirects, body)
     api_key: str | None = None              # when set, /predict needs header X-API-Key with this value
     # Results, cache and liveness.
     result_ttl: int = 60                    # s a published result waits for its handler
@@ -58,6 +61,10 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 5000
     web_threads: int = 320                  # threads of the embedded web server; each waiting /predict holds one
+    client_timeout: float = 10.0            # s a client of the embedded server has to send a request's line and
+                                            # headers (and the most an idle keep-alive connection is kept)
+    client_min_rate: int = 16384            # bytes/s: a request body (or an answer read) may take CLIENT_TIMEOUT
+                                            # plus its size at this rate, then the connection is closed
     metrics_port: int = 0                   # a standalone worker serves Prometheus metrics here (0: off)
     server_name: str | None = None          # X-Served-By response header; default host:port
     log_level: str = "INFO"
@@ -97,6 +104,8 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
 
 def validate(settings: Settings) -> None:
     """Refuse settings that cannot work, naming the variable."""
+    import urlfetch  # its parser names a bad entry
+    urlfetch.parse_allowlist(settings.url_allowlist)
     if settings.runtime not in RUNTIMES:
         raise ValueError(f"RUNTIME must be one of {', '.join(RUNTIMES)}")
     if settings.wire_dtype not in ("uint8", "float32"):

@@ -59,8 +59,9 @@ return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. cutoff)
 """
 
 # Recover what one dead worker held, if it is still silent: unexpired messages go to the retry
-# list (each is claimed alone from there) with attempts + 1; a message claimed ARGV[3] times already (or unreadable) goes to the
-# dead-letter list, and its client gets the failure result ARGV[6] with its id filled in.
+# list (each is claimed alone from there) with attempts + 1; a message claimed ARGV[3] times
+# already (or unreadable) goes to the dead-letter list, and its client gets the failure result
+# ARGV[6] with its id filled in.
 #   KEYS[1] workers (zset) KEYS[2] retry    KEYS[3] dead letter    KEYS[4] processing:<worker>
 #   ARGV[1] worker id      ARGV[2] heartbeat TTL (s)   ARGV[3] max attempts   ARGV[4] now (unix s)
 #   ARGV[5] result TTL (s) ARGV[6] encoded failure Result (id "")   ARGV[7] result key prefix

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from flask import request
 
 import errors
+import urlfetch
 from errors import GatewayError
 from settings import Settings
 
@@ -30,26 +31,44 @@ class Upload:
 
 
 def read_upload(config: Settings) -> Upload:
-    """The image from a multipart `image` field or a JSON {"image": base64} body, with its parameters."""
+    """The image from a multipart `image` field, a JSON {"image": base64} body, or a `url` in either,
+    with its parameters."""
     if request.mimetype == "multipart/form-data":
-        upload = request.files.get("image")
-        if upload is None:
-            raise GatewayError(errors.MISSING_IMAGE, "send the image in a multipart field named `image`")
-        data, fields = upload.read(), request.form
+        fields, upload = request.form, request.files.get("image")
+        data = upload.read() if upload is not None else None
     elif request.mimetype == "application/json":
         fields = request.get_json(silent=True)
         if not isinstance(fields, dict):
             raise GatewayError(errors.INVALID_JSON)
-        if "image" not in fields:
-            raise GatewayError(errors.MISSING_IMAGE, "the JSON body has no `image` field")
-        data = decode_base64(fields["image"])
+        data = decode_base64(fields["image"]) if "image" in fields else None
     else:
         raise GatewayError(errors.UNSUPPORTED_MEDIA_TYPE, f"content type {request.mimetype or 'none'!r} is not "
                            "accepted: send multipart/form-data or application/json")
+    if data is None:
+        url = text_field(fields, "url")
+        if url is None:
+            raise GatewayError(errors.MISSING_IMAGE, "send the image in a field named `image` (or its `url`)")
+        data = fetch_url(url, config)
     if not data:
         raise GatewayError(errors.EMPTY_IMAGE)
     top_k = parse_top_k(field(fields, "top_k"), config)
     return Upload(data, top_k, text_field(fields, "model"), text_field(fields, "version"))
+
+
+def fetch_url(url: str, config: Settings) -> bytes:
+    """The bytes behind an image URL, through the SSRF guard (urlfetch.py)."""
+    if not config.url_input:
+        raise GatewayError(errors.URL_NOT_ALLOWED, "URL input is turned off on this gateway (URL_INPUT=0)")
+    policy = urlfetch.UrlPolicy(urlfetch.parse_allowlist(config.url_allowlist), config.url_fetch_timeout,
+                                config.max_upload_bytes)
+    try:
+        return urlfetch.fetch_image(url, policy)
+    except urlfetch.UrlNotAllowed as exc:
+        raise GatewayError(errors.URL_NOT_ALLOWED, str(exc)) from None
+    except urlfetch.UrlTooLarge as exc:
+        raise GatewayError(errors.PAYLOAD_TOO_LARGE, str(exc)) from None
+    except urlfetch.UrlFetchFailed as exc:
+        raise GatewayError(errors.URL_FETCH_FAILED, str(exc)) from None
 
 
 def field(fields, name: str):
