@@ -17,15 +17,17 @@ LATENCY = Histogram("gateway_request_seconds", "End-to-end /predict latency",
 RESULTS_WAITED = Counter("gateway_results_waited_total", "Results the web tier waited for and received")
 CACHE_HITS = Counter("gateway_cache_hits_total", "Requests answered from the result cache")
 TIMEOUTS = Counter("gateway_timeouts_total", "Requests that got no result within REQUEST_TIMEOUT")
-BATCH_SIZE = Histogram("gateway_batch_size", "Jobs per predict call",
+MODEL_LABELS = ["model", "version"]
+BATCH_SIZE = Histogram("gateway_batch_size", "Jobs per predict call", MODEL_LABELS,
                        buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
-INFERENCE = Histogram("gateway_inference_seconds", "Model time per batch",
+INFERENCE = Histogram("gateway_inference_seconds", "Model time per batch", MODEL_LABELS,
                       buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
-EXPIRED = Counter("gateway_jobs_expired_total", "Jobs dropped by a worker because their deadline passed")
+EXPIRED = Counter("gateway_jobs_expired_total", "Jobs dropped by a worker because their deadline passed",
+                  MODEL_LABELS)
 
 
 class QueueCollector:
-    """Gauges read from Redis when scraped: queue depth and live workers of every model version."""
+    """Gauges read from Redis when scraped: queue depth, live workers and shard of every model version."""
 
     def __init__(self, router):
         self.router = router
@@ -34,15 +36,19 @@ class QueueCollector:
         labels = ["model", "version"]
         depth = GaugeMetricFamily("gateway_queue_depth", "Jobs waiting in the model's queue", labels=labels)
         live = GaugeMetricFamily("gateway_live_workers", "Workers with a fresh heartbeat", labels=labels)
+        shard = GaugeMetricFamily("gateway_queue_shard", "1 for the Redis node (host:port) holding the queue",
+                                  labels=[*labels, "shard"])
         try:
             for versions in self.router.view().values():
                 for served in versions.values():
                     depth.add_metric([served.name, served.version], served.queue.depth())
                     live.add_metric([served.name, served.version], served.live_workers)
+                    shard.add_metric([served.name, served.version, served.queue.shard()], 1)
         except Exception:  # a scrape while Redis is down still returns the process metrics
             return
         yield depth
         yield live
+        yield shard
 
 
 def render(queue_collector: QueueCollector) -> tuple[bytes, str]:

@@ -193,4 +193,5 @@ class ModelHost:
 def start_workers(config: Settings, only: str | None = None) -> ModelHost:
     """Load the served models (TensorFlow is imported here, in worker processes only) and start."""
     set_framework_threads(config)
-    return ModelHost(config, protocol.connect(config.redis_url, config.request_timeout), only).start()
+    client = protocol.connect(config.redis_url, config.request_timeout, config.redis_cluster)
+    return ModelHost(config, client, only).start()

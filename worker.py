@@ -126,7 +126,7 @@ class Worker:
                 else:
                     log.exception("worker step failed, retrying in %.1fs", backoff)
                 self.stopping.wait(backoff)
-                backoff = min(backoff * 2, 5.0)
+                backoff = min(backoff * 2, 1.0)   # 1 s: a Redis failover is over within seconds
 
     def _claim_loop(self) -> None:
         def claim_once():
@@ -162,7 +162,7 @@ class Worker:
         self.jobs += len(jobs)
         self.batch_sizes.append(len(jobs))
         if jobs:
-            metrics.BATCH_SIZE.observe(len(jobs))
+            metrics.BATCH_SIZE.labels(self.queue.model, self.version).observe(len(jobs))
         log.info("batch done", extra={
             "worker": self.worker_id, "batch_size": len(jobs), "claimed": len(batch),
             "wait_ms": round((now - min((job.enqueued_at for job in jobs), default=now)) * 1000, 1),
@@ -186,7 +186,7 @@ class Worker:
         if not expired:
             return
         self.queue.count("expired", len(expired))
-        metrics.EXPIRED.inc(len(expired))
+        metrics.EXPIRED.labels(self.queue.model, self.version).inc(len(expired))
         for job in expired:
             log.info("dropped expired job", extra={"trace_id": job.trace_id, "job": job.id})
 
@@ -196,7 +196,7 @@ class Worker:
             started = time.perf_counter()
             outputs = answer_fields(self.classifier, jobs)
             self.last_inference_s = time.perf_counter() - started
-            metrics.INFERENCE.observe(self.last_inference_s)
+            metrics.INFERENCE.labels(self.queue.model, self.version).observe(self.last_inference_s)
         except Exception:
             log.exception("inference failed for a batch of %d", len(jobs))
             return [protocol.Result.failed(job.id, INFERENCE_FAILED.code, "the model failed on this batch")

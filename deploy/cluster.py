@@ -1,6 +1,7 @@
 """A whole gateway on loopback: redis-server, N gunicorn web servers, M model workers, nginx in front.
 
     python -m deploy.cluster --web 2 --workers 2 --port 8080
+    python -m deploy.cluster --redis-cluster 3      # a 3-master, 3-replica Redis Cluster instead of one Redis
 
 Stays in the foreground; Ctrl-C or SIGTERM stops everything it started, in an order that loses no
 request: workers first (they return the jobs they claimed), then the web servers (they finish the
@@ -23,7 +24,7 @@ from collections.abc import Callable
 import processes
 import settings as settings_module
 from deploy import nginx_conf
-from redis_server import RedisServer, free_port
+from redis_server import RedisCluster, RedisServer, free_port
 
 DEPLOY_DIR = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(DEPLOY_DIR)
@@ -105,7 +106,7 @@ class Cluster:
 
     def __init__(self, web: int = 2, workers: int = 2, port: int = 0, redis_url: str | None = None,
                  gunicorn_workers: int = 1, env: dict[str, str] | None = None, run_dir: str | None = None,
-                 host: str = "127.0.0.1", say: Callable[[str], None] = lambda line: None):
+                 host: str = "127.0.0.1", say: Callable[[str], None] = lambda line: None, redis_cluster: int = 0):
         if web < 1 or workers < 0:
             raise ValueError("a cluster needs at least one web server (and zero or more workers)")
         self.host = host
@@ -115,7 +116,8 @@ class Cluster:
         self.extra_env = dict(env or {})
         self.run_dir = run_dir or tempfile.mkdtemp(prefix="gateway-cluster-")
         self.say = say
-        self.redis: RedisServer | None = None
+        self.redis_cluster = redis_cluster       # masters of a Redis Cluster (each with a replica); 0: one Redis
+        self.redis: RedisServer | RedisCluster | None = None
         self.web: list[Child] = []
         self.workers: list[Child] = []
         self.nginx: Child | None = None
@@ -148,12 +150,18 @@ class Cluster:
         return self
 
     def _start_redis(self) -> None:
+        if self.redis_cluster:
+            self.extra_env["REDIS_CLUSTER"] = "1"
         if self.redis_url:
             self.say(f"  {'redis':<10} {self.redis_url} (not started here)")
             return
-        self.redis = RedisServer(new_session=True).start()
+        if self.redis_cluster:
+            self.redis = RedisCluster(masters=self.redis_cluster, new_session=True).start()
+        else:
+            self.redis = RedisServer(new_session=True).start()
         self.redis_url = self.redis.url
-        self.say(f"  {'redis':<10} {self.redis_url:<34} pid {self.redis.process.pid}")
+        for server in getattr(self.redis, "servers", [self.redis]):
+            self.say(f"  {'redis':<10} {server.url:<34} pid {server.process.pid}")
 
     def _env(self, **per_process: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k not in PER_PROCESS}
@@ -231,8 +239,9 @@ class Cluster:
         for child in self.dead_children():
             raise ClusterError(f"{child.name} (pid {child.pid}) exited with code {child.process.returncode}; "
                                f"last lines of {child.log_path}:\n{child.tail()}")
-        if self.redis and self.redis.process.poll() is not None:
-            raise ClusterError(f"redis-server exited with code {self.redis.process.returncode}")
+        for server in getattr(self.redis, "servers", [self.redis] if self.redis else []):
+            if server.process.poll() is not None:
+                raise ClusterError(f"redis-server {server.url} exited with code {server.process.returncode}")
 
     def dead_children(self) -> list[Child]:
         return [c for c in self.children if c.process is not None and not c.alive and not c.stopped_on_purpose]
@@ -269,6 +278,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=8080, help="nginx's port, default 8080")
     parser.add_argument("--gunicorn-workers", type=int, default=1, help="processes per web server, default 1")
     parser.add_argument("--redis-url", help="use this Redis instead of starting a redis-server")
+    parser.add_argument("--redis-cluster", type=int, default=0, metavar="MASTERS",
+                        help="start a Redis Cluster of MASTERS masters (>= 3), each with one replica, "
+                             "instead of one redis-server; the gateway runs with REDIS_CLUSTER=1")
     parser.add_argument("--run-dir", help="directory for logs and nginx's files (default: a new temp dir)")
     parser.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for readiness")
     return parser.parse_args(argv)
@@ -289,7 +301,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     say = lambda line: print(line, flush=True)  # noqa: E731
     cluster = Cluster(web=args.web, workers=args.workers, port=args.port, redis_url=args.redis_url,
-                      gunicorn_workers=args.gunicorn_workers, run_dir=args.run_dir, say=say)
+                      gunicorn_workers=args.gunicorn_workers, run_dir=args.run_dir, say=say,
+                      redis_cluster=args.redis_cluster)
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: cluster.stop_requested.set())
     say(f"gateway cluster, run directory {cluster.run_dir}")

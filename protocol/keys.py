@@ -13,31 +13,15 @@ class Keys:
     def __init__(self, prefix: str, model: str, version: str | None = None):
         tag = model if version is None else f"{model}:{version}"
         self.base = f"{prefix}:{{{tag}}}"
-
-    @property
-    def queue(self) -> str:
-        return f"{self.base}:queue"
-
-    @property
-    def retry(self) -> str:
-        """Jobs recovered from a dead worker: each is claimed alone, so it can only blame itself."""
-        return f"{self.base}:retry"
-
-    @property
-    def bulk(self) -> str:
-        """Jobs of tasks: claimed only after the interactive queue, so /predict keeps priority."""
-        return f"{self.base}:bulk"
-
-    @property
-    def workers(self) -> str:
-        """Sorted set: worker id -> Redis time of its last heartbeat."""
-        return f"{self.base}:workers"
-
-    @property
-    def dead_letter(self) -> str:
-        return f"{self.base}:dead"
+        self.queue = f"{self.base}:queue"            # list: interactive jobs, oldest first
+        self.retry = f"{self.base}:retry"            # list: jobs recovered from dead workers, each claimed alone
+        self.bulk = f"{self.base}:bulk"              # list: task jobs, claimed after the interactive queue
+        self.workers = f"{self.base}:workers"        # zset: worker id -> Redis time of its last heartbeat
+        self.dead_letter = f"{self.base}:dead"       # list: jobs that killed MAX_ATTEMPTS workers (last 1000)
+        self.stats = f"{self.base}:stats"            # hash: counters of all processes (expired, requeued ...)
 
     def processing(self, worker_id: str) -> str:
+        """List: what one worker has claimed and not yet acknowledged."""
         return f"{self.base}:processing:{worker_id}"
 
     def worker_info(self, worker_id: str) -> str:
@@ -48,13 +32,6 @@ class Keys:
 
     def cache(self, digest: str) -> str:
         return f"{self.base}:cache:{digest}"
-
-    @property
-    def stats(self) -> str:
-        """Hash of counters shared by all processes (expired, requeued, dead-lettered ...)."""
-        return f"{self.base}:stats"
-
-
 
 
 def catalog_key(prefix: str) -> str:

@@ -31,7 +31,8 @@ def refuse_when_full(served: Served) -> None:
 
 def submit(served: Served, job: protocol.Job, bulk: bool = False) -> protocol.Job:
     """Queue the job, or 503 SERVER_BUSY at once when its queue is full."""
-    if not served.queue.enqueue(job, gateway().config.queue_limit, bulk):
+    config = gateway().config
+    if not served.queue.enqueue(job, config.queue_limit, bulk, config.enqueue_replicas):
         raise busy()
     return job
 

@@ -41,7 +41,7 @@ def status():
     served = gw.router.resolve(None, None)
     live = served.queue.live_workers(gw.config.heartbeat_ttl)
     return jsonify({"model": served.name, "version": served.version, "queue_depth": served.queue.depth(),
-                    "stats": served.queue.stats(),
+                    "shard": served.queue.shard(), "stats": served.queue.stats(),
                     "workers": [{"id": w, **served.queue.worker_info(w)} for w in live]})
 
 

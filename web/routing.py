@@ -11,6 +11,8 @@ import threading
 import time
 from dataclasses import dataclass
 
+import redis
+
 import errors
 import models
 import protocol
@@ -75,7 +77,13 @@ class Router:
         view: dict[str, dict[str, Served]] = {}
         for (name, version), (spec, state, reason, runtime) in announced.items():
             queue = self.queue(name, version)
-            live = len(queue.live_workers(self.config.heartbeat_ttl))
+            try:
+                live = len(queue.live_workers(self.config.heartbeat_ttl))
+            except redis.RedisError:     # its shard is failing over: keep what was known, others go on
+                previous = self._view.get(name, {}).get(version)
+                if previous:
+                    view.setdefault(name, {})[version] = previous
+                continue
             if live:
                 state, reason = READY, ""
             elif state == READY:
