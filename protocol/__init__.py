@@ -22,6 +22,7 @@ from protocol.catalog import Catalog, Entry
 from protocol.keys import Keys
 from protocol.messages import WIRE_DTYPES, Job, Result, is_expired, new_job_id, peek_id, read_header, to_wire
 from protocol.queue import JobQueue, connect
+from protocol.tasks import TaskStore
 
-__all__ = ["WIRE_DTYPES", "Catalog", "Entry", "Job", "JobQueue", "Keys", "Result", "connect", "is_expired",
-           "new_job_id", "peek_id", "read_header", "to_wire"]
+__all__ = ["WIRE_DTYPES", "Catalog", "Entry", "Job", "JobQueue", "Keys", "Result", "TaskStore", "connect",
+           "is_expired", "new_job_id", "peek_id", "read_header", "to_wire"]

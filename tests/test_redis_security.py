@@ -31,7 +31,7 @@ PASSWORD = "s3cret-gateway-pw"
 GATEWAY_ACL = ("gateway on >" + PASSWORD + " resetkeys ~gw:* resetchannels -@all "
                "+ping +evalsha +script|load +get +set +llen +lrange +ltrim +rpush +lpush +blpop "
                "+blmove +expire +del +time +zadd +zrangebyscore +zrem +hset +hgetall +hincrby "
-               "+zscore +lrem +hdel +hvals")
+               "+zscore +lrem +hdel +hvals +hget +lpop +smembers +sadd +srem +exists +ttl +multi +exec")
 ADMIN_PASSWORD = "s3cret-admin-pw"       # the test's own eyes: reads the ACL log
 EXPECTED_CAT = {"Egyptian_cat", "tabby", "tiger_cat"}
 
@@ -135,6 +135,10 @@ def test_the_gateway_answers_through_tls_and_an_acl_user(tls_redis, classifier, 
     with open(DATA / "cat.jpg", "rb") as image:     # the same bytes again: answered from the cache
         again = requests.post(f"{web.url}/predict", files={"image": image}, timeout=30)
     assert again.status_code == 200 and again.json()["predictions"] == body["predictions"]
+    task = requests.post(f"{web.url}/v1/tasks", files=[("image", (DATA / "cat.jpg").read_bytes())] * 2,
+                         timeout=30).json()          # a task: its store, lease and feeder over the ACL too
+    wait_for(lambda: requests.get(f"{web.url}/v1/tasks/{task['task_id']}", timeout=5).json()["state"] == "DONE",
+             30, message="the task over TLS")
     workers[0].stop()                                # a graceful stop runs the release script too
     denied = admin.execute_command("ACL", "LOG")
     assert not denied, f"the gateway ACL refused commands the gateway needs: {denied}"

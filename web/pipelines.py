@@ -43,8 +43,13 @@ def run_pipeline(name: str):
                            f"{', '.join(sorted(gw.plans)) or 'none'}")
     upload = read_upload(gw.config)
     deadline = time.time() + gw.config.request_timeout
+    return jsonify({"success": True, "id": g.job_id, "pipeline": name, **run_plan(plan, upload, deadline)})
+
+
+def run_plan(plan, upload, deadline: float, bulk: bool = False) -> dict:
+    """The pipeline's answer fields; `bulk` queues its jobs as task work."""
     runner = fan_out if isinstance(plan, FanOut) else detect_then_classify
-    return jsonify({"success": True, "id": g.job_id, "pipeline": name, **runner(plan, upload, deadline)})
+    return runner(plan, upload, deadline, bulk)
 
 
 def step_output(served: Served, job: protocol.Job, step: str) -> dict:
@@ -56,12 +61,12 @@ def step_output(served: Served, job: protocol.Job, step: str) -> dict:
     return result.output
 
 
-def detect_then_classify(plan: DetectThenClassify, upload, deadline: float) -> dict:
+def detect_then_classify(plan: DetectThenClassify, upload, deadline: float, bulk: bool) -> dict:
     router = gateway().router
     detector, classifier = router.resolve(plan.detector, None), router.resolve(plan.classifier, None)
     image = imaging.decode_image(upload.data, max_pixels=gateway().config.max_image_pixels)
     pixels, params = imaging.working_image(image, gateway().config.detect_max_side)
-    found = step_output(detector, submit(detector, new_job(detector, pixels, deadline, 1, params)),
+    found = step_output(detector, submit(detector, new_job(detector, pixels, deadline, 1, params), bulk),
                         f"step 1 (detect with {detector.name})")["detections"]
     kept = [d for d in found if d["score"] >= plan.min_score and (not plan.labels or d["label"] in plan.labels)]
     kept = kept[:plan.max_detections]
@@ -69,14 +74,14 @@ def detect_then_classify(plan: DetectThenClassify, upload, deadline: float) -> d
     spec, top_k = classifier.spec, plan.top_k or upload.top_k
     jobs = [submit(classifier, new_job(classifier, imaging.resize_center_crop(
         image.crop(box), size=spec.input_size, crop_fraction=spec.crop_fraction, resample=spec.resample),
-        deadline, top_k)) for box in boxes]
+        deadline, top_k), bulk) for box in boxes]
     step = f"step 2 (classify with {classifier.name})"
     detections = [{**detection, "crop_box": list(box), "predictions": step_output(classifier, job, step)["predictions"]}
                   for detection, box, job in zip(kept, boxes, jobs, strict=True)]
     return {"models": {"detect": describe(detector), "classify": describe(classifier)}, "detections": detections}
 
 
-def fan_out(plan: FanOut, upload, deadline: float) -> dict:
+def fan_out(plan: FanOut, upload, deadline: float, bulk: bool) -> dict:
     router = gateway().router
     names = plan.models or [name for name, versions in sorted(router.view().items())
                             if next(iter(versions.values())).spec.kind == "classifier"]
@@ -84,7 +89,7 @@ def fan_out(plan: FanOut, upload, deadline: float) -> dict:
     jobs = []
     for served in targets:
         array, params = model_input(upload.data, served.spec)
-        jobs.append(submit(served, new_job(served, array, deadline, upload.top_k, params)))
+        jobs.append(submit(served, new_job(served, array, deadline, upload.top_k, params), bulk))
     return {"results": {served.name: {"success": True, **describe(served),
                                       **step_output(served, job, f"model {served.name}")}
                         for served, job in zip(targets, jobs, strict=True)}}

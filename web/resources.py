@@ -18,11 +18,14 @@ class Gateway:
     router: Router                  # model versions and their queues (no model is loaded here)
     collector: metrics.QueueCollector
     plans: dict[str, Plan]          # the pipelines of the PIPELINES file
+    tasks: protocol.TaskStore       # image sets fed to the queues by web/feeder.py
 
 
 def init_app(app: Flask, config: Settings) -> None:
-    router = Router(config, protocol.connect(config.redis_url, config.request_timeout))
-    app.extensions["gateway"] = Gateway(config, router, metrics.QueueCollector(router), load_plans(config.pipelines))
+    client = protocol.connect(config.redis_url, config.request_timeout, config.redis_cluster)
+    router = Router(config, client)
+    app.extensions["gateway"] = Gateway(config, router, metrics.QueueCollector(router), load_plans(config.pipelines),
+                                        protocol.TaskStore(client, config.key_prefix))
     app.config["MAX_CONTENT_LENGTH"] = config.max_upload_bytes
 
 
