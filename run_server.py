@@ -12,7 +12,8 @@ from flask import Flask
 import logs
 import settings as settings_module
 from settings import Settings
-from web import discovery, envelope, ops, pipelines, predict, resources
+from web import discovery, envelope, openapi, ops, pipelines, predict, resources, tasks, v2
+from web.feeder import Feeder
 
 
 def create_app(config: Settings | None = None) -> Flask:
@@ -27,6 +28,11 @@ def create_app(config: Settings | None = None) -> Flask:
     app.register_blueprint(ops.bp)
     app.register_blueprint(discovery.bp)
     app.register_blueprint(pipelines.bp)
+    app.register_blueprint(tasks.bp)
+    app.register_blueprint(v2.bp)
+    app.register_blueprint(openapi.bp)
+    app.extensions["feeder"] = Feeder(app, app.extensions["gateway"].tasks, config.task_window,
+                                      config.task_lease_s).start()
     return app
 
 

@@ -37,7 +37,7 @@ def read_upload(config: Settings) -> Upload:
         fields, upload = request.form, request.files.get("image")
         data = upload.read() if upload is not None else None
     elif request.mimetype == "application/json":
-        fields = request.get_json(silent=True)
+        fields = json_body()
         if not isinstance(fields, dict):
             raise GatewayError(errors.INVALID_JSON)
         data = decode_base64(fields["image"]) if "image" in fields else None
@@ -53,6 +53,14 @@ def read_upload(config: Settings) -> Upload:
         raise GatewayError(errors.EMPTY_IMAGE)
     top_k = parse_top_k(field(fields, "top_k"), config)
     return Upload(data, top_k, text_field(fields, "model"), text_field(fields, "version"))
+
+
+def json_body():
+    """The parsed JSON body, or None when it is not JSON (nesting deeper than Python's recursion limit included)."""
+    try:
+        return request.get_json(silent=True)
+    except RecursionError:
+        return None
 
 
 def fetch_url(url: str, config: Settings) -> bytes:
@@ -102,7 +110,7 @@ def parse_top_k(raw, config: Settings) -> int:
         return config.top_k
     try:
         top_k = int(raw)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):     # OverflowError: JSON's 1e400 is float("inf")
         top_k = 0
     if not 1 <= top_k <= config.max_top_k:
         raise GatewayError(errors.INVALID_PARAMETER, f"top_k must be an integer from 1 to {config.max_top_k}")
