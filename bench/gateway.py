@@ -18,7 +18,8 @@ ROOT = Path(__file__).resolve().parent.parent
 class Gateway:
     """`python run_server.py --port P` (embedded Redis + worker thread) as a child process."""
 
-    def __init__(self, log_path: Path):
+    def __init__(self, log_path: Path, env: dict | None = None):
+        self.env = env or {}                  # on top of this process's environment (RUNTIME=tensorflow ...)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
@@ -29,7 +30,7 @@ class Gateway:
         """Start it and wait until GET /readyz is 200; SystemExit with its log if it exits or never gets ready."""
         command = [sys.executable, "run_server.py", "--host", "127.0.0.1", "--port", str(self.port)]
         self.process = processes.start(command, log_path=self.log_path, cwd=ROOT,
-                                       env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                       env={**os.environ, **self.env, "PYTHONUNBUFFERED": "1"})
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

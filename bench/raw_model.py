@@ -1,9 +1,10 @@
-"""Raw model baseline: load time, throughput and latency of Classifier.predict alone.
+"""Raw model baseline: load time, throughput and latency of the model's predict alone.
 
 Why: the end-to-end benchmark compares the gateway against this number; the gap is the cost of
 HTTP, Redis and batching. `python -m bench` measures it in child processes (`python -m bench _raw`,
-raw_child below), so their TensorFlow threads and memory are gone before the gateway starts.
-Alone: `python -m bench.raw_model [--model NAME] [--seconds S]`.
+raw_child below), so their TensorFlow threads and memory are gone before the gateway starts. The
+model is loaded as the gateway's worker loads it (load_for_runtime): LiteRT where RUNTIME resolves
+to it, else Keras. Alone: `python -m bench.raw_model [--model NAME] [--seconds S]` (Keras).
 """
 
 from __future__ import annotations
@@ -78,6 +79,22 @@ def _timed_calls(classifier, batch: np.ndarray, seconds: float) -> list[float]:
 
 
 # ------------------------------------------------------------------- in a child of `python -m bench`
+def load_for_runtime(config: settings_module.Settings, interpreter_threads: int = 1) -> tuple[object, str]:
+    """(the classifier, its runtime) as the worker loads config.model (model_host's _load_model for a
+    built-in): LiteRT from LITERT_CACHE_DIR for RUNTIME auto/litert (auto falls back to TensorFlow
+    when the model does not convert), Keras for tensorflow/jax. interpreter_threads: LiteRT's own."""
+    if config.runtime in ("tensorflow", "jax"):
+        classifier = models.load_model(config.model, weights_path=config.model_weights,
+                                       labels_path=config.model_labels)
+    else:
+        from models import litert
+
+        classifier = litert.load_litert_model(
+            config.model, os.path.expanduser(config.litert_cache_dir), max(1, interpreter_threads),
+            fallback=config.runtime == "auto", weights_path=config.model_weights, labels_path=config.model_labels)
+    return classifier, getattr(classifier, "runtime", "jax" if config.runtime == "jax" else "tensorflow")
+
+
 def best_raw_rows(primary: dict, alternative: dict) -> dict:
     """Per batch size, the faster of the worker's threading and the one-caller threading."""
     rows = {int(b): row for b, row in primary.items()}
@@ -114,17 +131,26 @@ def raw_child(argv: list[str]) -> None:
     worker.set_framework_threads(config)      # the worker's own threading, before TensorFlow loads
     threads = worker.predict_threads(config)
     started = time.perf_counter()
-    classifier = models.load_model(config.model, weights_path=config.model_weights, labels_path=config.model_labels)
+    # LiteRT: MODEL_THREADS threads per interpreter, 0 (the one-caller run) meaning every core.
+    classifier, runtime = load_for_runtime(config, config.model_threads or len(os.sched_getaffinity(0)))
     load_s = time.perf_counter() - started
-    import keras
-
     rows = {batch_size: _raw_row(classifier, config, batch_size, args.seconds, threads)
             for batch_size in sorted({int(b) for b in args.batch_sizes.split(",")})}
     # One image at a time, one caller: what a lone request meets (concurrent callers run faster each).
     alone = measure_raw(classifier, (1,), args.seconds, threads=1)[1]
     check = real_photo_check(classifier, config, args.seconds, threads)
-    Path(args.out).write_text(json.dumps({"rows": rows, "load_s": load_s, "backend": keras.backend.backend(),
-                                          "batch1_alone_ms": alone["latency_ms_p50"], "real_photo_check": check}))
+    Path(args.out).write_text(json.dumps({"rows": rows, "load_s": load_s, "runtime": runtime,
+                                          "backend": _backend(runtime), "batch1_alone_ms": alone["latency_ms_p50"],
+                                          "real_photo_check": check}))
+
+
+def _backend(runtime: str) -> str:
+    """Keras' backend when Keras runs the model (importing it then costs nothing more), else the runtime."""
+    if runtime == "litert":
+        return runtime
+    import keras
+
+    return keras.backend.backend()
 
 
 def _raw_row(classifier, config: settings_module.Settings, batch_size: int, seconds: float, threads: int) -> dict:

@@ -18,7 +18,8 @@ def scrape(url: str) -> dict[str, float]:
     for line in text.splitlines():
         match = METRIC_LINE.match(line)
         if match and (match.group(1) in WATCHED_METRICS or match.group(1) == "gateway_batch_size_bucket"):
-            key = match.group(1) + (match.group(2) or "")
+            le = re.search(r'le="([^"]+)"', match.group(2) or "")     # summed over model and version
+            key = match.group(1) + (f'{{le="{le.group(1)}"}}' if le else "")
             try:
                 values[key] = values.get(key, 0.0) + float(match.group(3))
             except ValueError:

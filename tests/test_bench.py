@@ -232,3 +232,161 @@ def test_stage_costs_run_the_gateway_code_against_a_real_redis(photos):
         assert costs[stage] > 0, stage
     assert details["redis_batch_size"] == config.batch_size
     assert details["redis_batched_server_cpu_ms"] >= 0 and details["message_kib_uint8"] > 140
+
+
+# ---------------------------------------------------------------- runtime, decode, pipeline, compare
+class TinyClassifier:
+    """A model that costs nothing: the pipeline's loop and processes without TensorFlow or LiteRT."""
+
+    runtime = "tiny"
+    spec = ModelSpec("tiny", 32, 0.875, "bilinear", ("a", "b"))
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        assert batch.shape[1:] == (32, 32, 3) and batch.dtype == np.uint8
+        return np.full((len(batch), 2), 0.5, np.float32)
+
+
+def tiny_loader(config) -> tuple[TinyClassifier, str]:
+    return TinyClassifier(), "tiny"
+
+
+def test_ratio_pipeline_decode_and_runtime_in_the_result():
+    pipeline = {"images_per_s": 160.0, "best_batch_size": 1, "processes": 2, "other_processes_cores": 0.0}
+    result = report.build_result(fake_result()["raw"], fake_result()["per_concurrency"], raw_batch1_ms=20.0,
+                                 runtime="litert", decode_ms=3.0, pipeline=pipeline)
+    assert result["runtime"] == "litert" and result["decode_ms"] == 3.0
+    assert result["pipeline_images_per_s"] == 160.0 and result["pipeline_best_batch_size"] == 1
+    assert result["ratio_pipeline"] == pytest.approx(145 / 160, abs=1e-3)
+    assert result["p50_c1_over_model_and_decode_ms"] == 2.0            # 25 - 20 - 3
+    for key in ("raw_images_per_s", "raw_batch1_ms", "p50_ms_c1", "errors", "ratio", "per_concurrency"):
+        assert key in result, key
+    table = report.format_table(result)
+    assert "ratio_pipeline 0.906" in table and "runtime:   litert" in table and "decode_ms 3.00" in table
+    assert report.build_result({}, {})["ratio_pipeline"] is None       # nothing measured: no ratio
+
+
+def test_compare_runtime_is_side_by_side_in_json_table_and_plot(tmp_path):
+    main = report.build_result(fake_result()["raw"], fake_result()["per_concurrency"], runtime="litert",
+                               pipeline={"images_per_s": 160.0, "best_batch_size": 1, "processes": 2})
+    slower = {c: {**level, "images_per_s": level["images_per_s"] / 2} for c, level in main["per_concurrency"].items()}
+    compare = report.build_result({1: {"images_per_s": 60.0, "latency_ms_p50": 30.0}}, slower, runtime="tensorflow",
+                                  pipeline={"images_per_s": 64.0, "best_batch_size": 8, "processes": 2})
+    main["compare"], main["compare_speedup"] = compare, report.speedups(main, compare)
+    assert set(compare) >= set(main) - {"compare", "compare_speedup"}  # the same keys
+    speedup = main["compare_speedup"]
+    assert speedup["runtimes"] == ["litert", "tensorflow"] and speedup["gateway_images_per_s"] == 2.0
+    assert speedup["images_per_s_by_concurrency"]["16"] == 2.0 and speedup["pipeline_images_per_s"] == 2.5
+    table = report.format_table(main)
+    assert "--compare-runtime: the same with the gateway on tensorflow" in table
+    assert "side by side" in table and "72.5" in table                  # tensorflow's best level, 145 / 2
+    report.plot(main, tmp_path / "both.png")
+    assert (tmp_path / "both.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+class FakeModelsEndpoint:
+    """GET /v1/models answering `document` (404 when None)."""
+
+    def __init__(self, document: dict | None):
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *_):
+                pass
+
+            def do_GET(self):
+                data = json.dumps(document).encode()
+                self.send_response(200 if document is not None and self.path == "/v1/models" else 404)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_the_runtime_is_read_from_v1_models_newest_ready_version_of_the_default_model():
+    from bench import pipeline
+
+    document = {"models": [
+        {"name": "other", "default": False, "versions": [{"version": "1", "state": "READY", "runtime": "jax"}]},
+        {"name": "efficientnet_lite0", "default": True, "versions": [
+            {"version": "3", "state": "LOADING", "live_workers": 0},
+            {"version": "10", "state": "READY", "live_workers": 1, "runtime": "litert"},
+            {"version": "2", "state": "READY", "live_workers": 1, "runtime": "tensorflow"}]}]}
+    endpoints = [FakeModelsEndpoint(document), FakeModelsEndpoint(None)]
+    try:
+        assert pipeline.gateway_runtime(endpoints[0].url) == "litert"          # 10 is newer than 3 and 2
+        document["models"][1]["default"] = False
+        assert pipeline.gateway_runtime(endpoints[0].url, "other") == "jax"   # no default: by name
+        assert pipeline.gateway_runtime(endpoints[1].url) is None             # no /v1/models
+    finally:
+        [endpoint.close() for endpoint in endpoints]
+
+
+def test_decode_ms_and_the_pipeline_loop_on_a_tiny_model(photos):
+    from bench import pipeline
+
+    decode = pipeline.decode_ms(photos[:4], TinyClassifier.spec, max_pixels=10**8)
+    assert decode["images"] == 4 and 0 < decode["decode_ms"] <= decode["p90_ms"]
+    row = pipeline.pipeline_loop(TinyClassifier(), photos, batch_size=3, seconds=0.2, max_pixels=10**8)
+    assert row["images"] % 3 == 0 and row["images"] >= 3 and row["wall_s"] >= 0.2
+    assert row["images_per_s"] == pytest.approx(row["images"] / row["wall_s"])
+
+
+def test_the_pipeline_runs_one_process_per_core_together(photos):
+    from bench import pipeline
+
+    result = pipeline.measure_pipeline(photos[:6], [1, 2], seconds=0.3, processes_count=2, loader=tiny_loader)
+    assert result["processes"] == 2 and result["runtime"] == "tiny" and set(result["rows"]) == {"1", "2"}
+    best = max(result["rows"].values(), key=lambda row: row["images_per_s"])
+    assert result["images_per_s"] == best["images_per_s"] > 0
+    assert result["best_batch_size"] in (1, 2) and all(row["images"] > 0 for row in result["rows"].values())
+
+
+def test_the_raw_baseline_loads_the_runtime_the_worker_would(monkeypatch):
+    import models
+    import settings as settings_module
+    from bench import raw_model
+    from models import litert
+
+    calls = []
+    monkeypatch.setattr(models, "load_model", lambda name, **kw: calls.append(("keras", name)) or object())
+    def fake_litert(name, cache_dir, threads, **kw):
+        calls.append(("litert", cache_dir, threads, kw["fallback"]))
+        return TinyClassifier()
+
+    monkeypatch.setattr(litert, "load_litert_model", fake_litert)
+    classifier, runtime = raw_model.load_for_runtime(settings_module.load({"LITERT_CACHE_DIR": "/c"}), 2)
+    assert runtime == "tiny" and calls[-1] == ("litert", "/c", 2, True)     # auto: LiteRT, falling back
+    assert raw_model.load_for_runtime(settings_module.load({"RUNTIME": "litert"}), 0)[1] == "tiny"
+    assert calls[-1][2:] == (1, False)                                     # litert: no fallback, >= 1 thread
+    assert raw_model.load_for_runtime(settings_module.load({"RUNTIME": "tensorflow"}))[1] == "tensorflow"
+    assert calls[-1][0] == "keras"
+
+
+def test_compare_runtime_flag():
+    import bench.__main__ as bench_main
+
+    args = bench_main.parse_args(["--json", "r.json", "--compare-runtime", "tensorflow"])
+    assert args.compare_runtime == "tensorflow"
+    assert bench_main.parse_args(["--json", "r.json"]).compare_runtime is None
+    with pytest.raises(SystemExit):
+        bench_main.parse_args(["--json", "r.json", "--url", "http://x", "--compare-runtime", "tensorflow"])
+
+
+def test_imaging_bench_turbo_path_is_pillows_pixels():
+    from bench import imaging_bench
+
+    for width, height, draft in [(1023, 700, 256), (1024, 511, 256), (600, 400, 256), (4000, 3000, 256)]:
+        buffer = io.BytesIO()
+        Image.new("RGB", (width, height)).save(buffer, "JPEG")
+        image = Image.open(buffer)
+        image.draft(None, (draft, draft))
+        denominator = imaging_bench.draft_denominator(width, height, draft)
+        assert image.size == (-(-width // denominator), -(-height // denominator))   # Pillow's own choice
+    functions = imaging_bench.path_functions(SPEC_224)
+    jpeg = loadgen.make_photo(5)
+    assert np.array_equal(functions["turbo"](jpeg), functions["pillow"](jpeg))
