@@ -1,6 +1,8 @@
 """The one-command default, `python run_server.py`: its own redis-server, worker threads, a web server.
 
-With REDIS_URL set it uses that Redis instead; `--no-worker` serves the web tier alone.
+With REDIS_URL set it uses that Redis instead; `--no-worker` serves the web tier alone. The web
+server is http_front.Front: an asyncio front that reads each request whole before a thread runs the
+app, so slow and idle clients never hold a thread (CLIENT_TIMEOUT, CLIENT_MIN_RATE).
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from flask import Flask
 
 import logs
 import settings as settings_module
+from http_front import Front
 from run_server import create_app
 from settings import Settings
 
@@ -51,23 +54,15 @@ def main(argv: list[str] | None = None) -> None:
             embedded_redis.close()
 
 
-def make_server(app, config: Settings):
-    """cheroot, CherryPy's production WSGI server: WEB_THREADS threads and HTTP/1.1 keep-alive.
-
-    Its stop() closes the listening socket and idle connections, then waits up to REQUEST_TIMEOUT + 1 s
-    for every request being handled to get its answer.
-    """
-    from cheroot import wsgi
-    server = wsgi.Server((config.host, config.port), app, numthreads=config.web_threads,
-                         request_queue_size=1024, shutdown_timeout=config.request_timeout + 1)
-    server.max_request_header_size = 64 * 1024
-    return server
+def make_server(app, config: Settings) -> Front:
+    """The embedded web server: `.prepare()` binds, `.serve()` runs until `.stop()` (from another thread)."""
+    return Front(app, config)
 
 
 def serve(app: Flask, config: Settings) -> None:
     """Serve until SIGINT/SIGTERM, then stop accepting and let the requests in flight finish."""
     server = make_server(app, config)
-    # stop() waits for the connection loop that the main thread runs, so it needs a thread of its own.
+    # stop() waits for the loop that the main thread runs, so it needs a thread of its own.
     stopper = threading.Thread(target=server.stop, name="server-stop")
 
     def stop(*_):

@@ -46,6 +46,9 @@ BOMB_ERRORS: tuple[type[BaseException], ...] = (
 ALPHA_MODES = frozenset({"LA", "La", "PA", "RGBA", "RGBa"})
 HIGH_BIT_DEPTH_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I", "F"})
 JPEG_FORMATS = frozenset({"JPEG", "MPO"})
+# Pillow decodes WebP through libwebp's animation decoder, which holds about three more copies of the
+# RGBA canvas while loading: a 1.5 KB, 39 MP WebP peaked at 607 MB (found by fuzz/). 25 MP stays < 400 MB.
+WEBP_MAX_PIXELS = 25_000_000
 
 # Well-known formats we refuse, recognised by magic bytes only (never handed to a Pillow plugin:
 # EPS would start Ghostscript; the PSD/ICO/TGA/... parsers are attack surface we do not need).
@@ -143,16 +146,30 @@ def _apply_exif_orientation(image: Image.Image) -> None:
         pass  # the pixels decoded fine; a broken metadata block should not reject the photo
 
 
-def _high_bit_depth_to_l(image: Image.Image) -> Image.Image:
-    """Scale 16/32-bit integer and float greyscale to 8-bit L (Pillow's own convert clips)."""
-    pixels = np.asarray(image)
-    if image.mode == "F":
-        pixels = np.nan_to_num(pixels.astype(np.float32), nan=0.0, posinf=255.0, neginf=0.0)
-        if pixels.size and pixels.max() <= 1.0:
-            pixels = pixels * 255.0  # float images in [0, 1]
-        return Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8))
+def _high_bit_depth_band(pixels: np.ndarray, mode: str, scale: float) -> np.ndarray:
+    if mode == "F":
+        pixels = np.nan_to_num(pixels.astype(np.float32), nan=0.0, posinf=255.0, neginf=0.0) * scale
+        return np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
     # I;16* holds 0..65535; "I" from 16-bit sources too: keep the high byte, as Pillow does for RGB;16.
-    return Image.fromarray(np.clip(pixels.astype(np.int64) >> 8, 0, 255).astype(np.uint8))
+    return np.clip(pixels.astype(np.int64) >> 8, 0, 255).astype(np.uint8)
+
+
+def _high_bit_depth_to_l(image: Image.Image) -> Image.Image:
+    """Scale 16/32-bit integer and float greyscale to 8-bit L (Pillow's own convert clips), 256 rows
+    at a time: whole-image int64/float temporaries took 920 MB for a 40 MP TIFF (found by fuzz/)."""
+    def band(top: int) -> np.ndarray:
+        return np.asarray(image.crop((0, top, image.width, min(top + 256, image.height))))
+
+    tops = range(0, image.height, 256)
+    scale = 1.0
+    if image.mode == "F":   # float images in [0, 1] are scaled to 0..255
+        high = max((np.nan_to_num(band(top), nan=0.0, posinf=255.0, neginf=0.0).max(initial=0.0)
+                    for top in tops if image.width), default=2.0)
+        scale = 255.0 if high <= 1.0 else 1.0
+    pixels = np.empty((image.height, image.width), np.uint8)
+    for top in tops:
+        pixels[top:top + 256] = _high_bit_depth_band(band(top), image.mode, scale)
+    return Image.fromarray(pixels)
 
 
 def _composite_on_white(rgba_image: Image.Image) -> Image.Image:
@@ -167,7 +184,8 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     if image.mode in HIGH_BIT_DEPTH_MODES:
         image = _high_bit_depth_to_l(image)
     if image.mode in ALPHA_MODES or "transparency" in image.info:
-        return _composite_on_white(image.convert("RGBA"))
+        # no copy of an RGBA image: a 40 MP RGBA PNG peaked at 456 MB with it, 305 MB without (fuzz/)
+        return _composite_on_white(image if image.mode == "RGBA" else image.convert("RGBA"))
     if image.mode == "RGB":
         return image
     return image.convert("RGB")  # L, 1, P, CMYK (Pillow undoes Adobe-inverted CMYK), YCbCr ...
@@ -177,6 +195,8 @@ def _decode_checked(data: bytes, max_pixels: int, draft_size: int | None) -> Ima
     """Open, size-check, optionally draft, load, orient and convert; raises Pillow's errors."""
     pixel_limit = _effective_pixel_limit(max_pixels)
     image = _open_image(data)
+    if image.format == "WEBP":
+        pixel_limit = min(pixel_limit, WEBP_MAX_PIXELS)
     _check_pixel_count(image, pixel_limit)
     if draft_size and image.format in JPEG_FORMATS:
         image.draft(None, (draft_size, draft_size))  # DCT scaling: both sides stay >= draft_size
