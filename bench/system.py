@@ -108,7 +108,7 @@ def machine_info() -> dict:
         "tensorflow": _version("tensorflow") or _version("tensorflow-cpu"), "keras": _version("keras"),
         "numpy": np.__version__, "pillow": _version("pillow"),
         "libjpeg_turbo": features.check_feature("libjpeg_turbo"),
-        "flask": _version("flask"), "werkzeug": _version("werkzeug"), "cheroot": _version("cheroot"),
+        "flask": _version("flask"), "werkzeug": _version("werkzeug"),
         "redis_py": _version("redis"),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": " ".join(["python -m bench", *sys.argv[1:]]),

@@ -50,6 +50,8 @@ def render(upstreams: list[str], listen: str, prefix: str, config: settings_modu
         "listen": listen,
         "upstream_servers": "\n".join(servers),
         "client_max_body_size": str(config.max_upload_bytes),
+        "task_max_body_size": str(config.max_task_bytes),
+        "client_timeout": str(math.ceil(config.client_timeout)),
         "read_timeout": str(math.ceil(config.request_timeout) + 5),
         "connect_timeout": str(connect_timeout),
         # Long enough to try a second server after a connect timeout, too short to retry a request

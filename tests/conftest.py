@@ -71,7 +71,7 @@ def classifier():
 
 
 class ServerThread:
-    """The app behind the embedded default's web server (cheroot) on a free loopback port, in a thread."""
+    """The app behind the embedded default's web server (http_front) on a free loopback port, in a thread."""
 
     def __init__(self, app, config):
         from embedded import make_server

@@ -18,31 +18,18 @@ import time
 from pathlib import Path
 
 import pytest
-from test_many_models import Gateway, publish_version, repository_config
+from test_many_models import MIXED, mixed_repository_gateway
 
-from conftest import DATA, ROOT, wait_for
+from conftest import DATA, ROOT
 from redis_server import free_port
 
-SERVED = {("toy", "2"): "READY", ("toy", "1"): "READY", ("other", "2"): "UNAVAILABLE", ("other", "1"): "READY"}
+SERVED = MIXED
 
 
 @pytest.fixture
 def gateway(redis_url, tmp_path):
-    """toy v1 and v2 (toy is the default model), other v1 and a broken other v2."""
-    repository = tmp_path / "repository"
-    publish_version(repository, "toy", 1, 0)
-    publish_version(repository, "toy", 2, 1)
-    publish_version(repository, "other", 1, 2)
-    (repository / "other" / "2").mkdir()
-    (repository / "other" / "2" / "model.keras").write_bytes(b"not a keras archive")
-    gateway = Gateway(repository_config(redis_url, repository))
-    try:
-        served = lambda: {(name, v["version"]): v["state"]  # noqa: E731
-                          for name, entry in gateway.models().items() for v in entry["versions"]}
-        wait_for(lambda: served() == SERVED, 60, 0.2, message=f"the repository to be served as {SERVED}")
+    with mixed_repository_gateway(redis_url, tmp_path / "repository") as gateway:
         yield gateway
-    finally:
-        gateway.stop()
 
 
 def client(*args: str) -> subprocess.CompletedProcess:

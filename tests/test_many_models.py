@@ -6,6 +6,7 @@ version produced it.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import threading
@@ -89,6 +90,27 @@ def gateways():
 
     yield build
     for gateway in started:
+        gateway.stop()
+
+
+MIXED = {("toy", "2"): "READY", ("toy", "1"): "READY", ("other", "2"): "UNAVAILABLE", ("other", "1"): "READY"}
+
+
+@contextlib.contextmanager
+def mixed_repository_gateway(redis_url: str, repository: Path):
+    """toy v1 (answers alpha) and v2 (beta), the default model; other v1 (gamma) and a broken v2."""
+    publish_version(repository, "toy", 1, 0)
+    publish_version(repository, "toy", 2, 1)
+    publish_version(repository, "other", 1, 2)
+    (repository / "other" / "2").mkdir()
+    (repository / "other" / "2" / "model.keras").write_bytes(b"not a keras archive")
+    gateway = Gateway(repository_config(redis_url, repository))
+    try:
+        served = lambda: {(name, v["version"]): v["state"]  # noqa: E731
+                          for name, entry in gateway.models().items() for v in entry["versions"]}
+        wait_for(lambda: served() == MIXED, 60, 0.2, message=f"the repository to be served as {MIXED}")
+        yield gateway
+    finally:
         gateway.stop()
 
 

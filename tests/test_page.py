@@ -14,9 +14,9 @@ import shutil
 
 import pytest
 from PIL import Image
-from test_many_models import Gateway, publish_version, repository_config
+from test_many_models import MIXED, Gateway, mixed_repository_gateway
 
-from conftest import ARTIFACTS, DATA, ServerThread, WorkerThread, make_config, wait_for
+from conftest import ARTIFACTS, DATA, ServerThread, WorkerThread, make_config
 
 try:
     from playwright.sync_api import expect, sync_playwright
@@ -240,25 +240,13 @@ def test_page_works_under_a_path_prefix(redis_url, classifier, new_page):
 
 
 # ------------------------------------------------------------------------------ the model picker
-SERVED = {("toy", "2"): "READY", ("toy", "1"): "READY", ("other", "2"): "UNAVAILABLE", ("other", "1"): "READY"}
+SERVED = MIXED
 
 
 @pytest.fixture
 def repository_gateway(redis_url, tmp_path):
-    """toy v1 (answers alpha) and v2 (beta), the default model; other v1 (gamma) and a broken v2."""
-    publish_version(tmp_path, "toy", 1, 0)
-    publish_version(tmp_path, "toy", 2, 1)
-    publish_version(tmp_path, "other", 1, 2)
-    (tmp_path / "other" / "2").mkdir()
-    (tmp_path / "other" / "2" / "model.keras").write_bytes(b"not a keras archive")
-    gateway = Gateway(repository_config(redis_url, tmp_path))
-    try:
-        served = lambda: {(name, v["version"]): v["state"]  # noqa: E731
-                          for name, entry in gateway.models().items() for v in entry["versions"]}
-        wait_for(lambda: served() == SERVED, 60, 0.2, message=f"the repository to be served as {SERVED}")
+    with mixed_repository_gateway(redis_url, tmp_path) as gateway:
         yield gateway
-    finally:
-        gateway.stop()
 
 
 # Chromium does not hand Playwright a multipart body holding a file, so the page's fetch is watched instead.

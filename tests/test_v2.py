@@ -1,6 +1,6 @@
 """The Open Inference Protocol (KServe v2) driven by Triton's own client, `tritonclient[http]` from PyPI.
 
-A real gateway (cheroot over HTTP, real redis-server, a worker thread with the real default model);
+A real gateway (the embedded web server over HTTP, real redis-server, a worker thread with the real default model);
 every answer is compared with what /predict says about the same photo.
 """
 from __future__ import annotations
