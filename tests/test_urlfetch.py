@@ -38,11 +38,15 @@ class Net:
 
 @pytest.fixture(autouse=True)
 def net(monkeypatch) -> Net:
-    """Fail the test on a connection outside loopback (or any, once `allow_loopback` is off); stub DNS."""
+    """Fail the test on a connection outside loopback (or any, once `allow_loopback` is off); stub DNS.
+    Only the test's own thread is recorded: a background thread of another test's gateway (a task feeder
+    reconnecting to its Redis) may look up 127.0.0.1 meanwhile."""
     state, real_connect, real_getaddrinfo = Net(), socket.socket.connect, socket.getaddrinfo
+    owner = threading.get_ident()
 
     def connect(sock, address):
-        state.connects.append(address[0])
+        if threading.get_ident() == owner:
+            state.connects.append(address[0])
         ip = ipaddress.ip_address(address[0])
         ip = getattr(ip, "ipv4_mapped", None) or ip
         if not (state.allow_loopback and ip.is_loopback):
@@ -50,7 +54,8 @@ def net(monkeypatch) -> Net:
         return real_connect(sock, address)
 
     def getaddrinfo(host, port, family=0, type=0, proto=0, flags=0):
-        state.lookups.append(host)
+        if threading.get_ident() == owner:
+            state.lookups.append(host)
         answer = state.names.get(host)
         if answer is None:  # numeric hosts only: never a DNS query
             try:

@@ -14,6 +14,7 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
+import redis
 from flask import Flask, g
 
 import errors
@@ -54,12 +55,16 @@ class Feeder:
 
     def _run(self) -> None:
         while not self.stopping.is_set():
+            pause = min(0.5, self.lease_ms / 3000)
             try:
                 for task_id in self.store.active():
                     self._feed(task_id)
-            except Exception:       # Redis down, or a bug: keep the feeder alive, try again shortly
+            except redis.RedisError as exc:   # Redis down: the tasks wait in Redis; try again later
+                log.warning("task feeder: redis unavailable: %s", exc)
+                pause = 5.0
+            except Exception:                 # a bug: keep the feeder alive, try again shortly
                 log.exception("task feeder step failed")
-            self.woken.wait(min(0.5, self.lease_ms / 3000))
+            self.woken.wait(pause)
             self.woken.clear()
 
     def _feed(self, task_id: str) -> None:
