@@ -62,7 +62,8 @@ class RedisServer:
     def start(self, timeout_s: float = 10.0) -> RedisServer:
         args = [self.binary, "--port", str(self.port), "--bind", self.host, "--save", "",
                 "--appendonly", "no", "--dir", self.workdir, "--protected-mode", "yes", *self.extra_args]
-        self.process = processes.start(args, new_session=self.new_session)
+        # It dies with its parent: a fuzz run ends in C (no atexit), a crashed gateway leaves no Redis behind.
+        self.process = processes.start(args, new_session=self.new_session, die_with_parent=True)
         client = redis.Redis(host=self.host, port=self.port, socket_connect_timeout=0.5)
         deadline = time.monotonic() + timeout_s
         while True:
