@@ -152,8 +152,9 @@ class Worker:
         """Predict the live jobs of a claimed batch in one call, publish every answer, ack the batch."""
         started = time.perf_counter()
         now = time.time()
-        jobs = [job for job in batch if not protocol.is_expired(job, now)]
-        self._dropped_expired([job for job in batch if protocol.is_expired(job, now)])
+        expired = [protocol.is_expired(job, now) for job in batch]
+        jobs = [job for job, late in zip(batch, expired, strict=True) if not late]
+        self._dropped_expired([job for job, late in zip(batch, expired, strict=True) if late])
         answered = self._predict(jobs) if jobs else []
         cache = {job.cache_key: (result, self.config.cache_ttl) for job, result in zip(jobs, answered, strict=True)
                  if job.cache_key and result.success and self.config.cache_ttl > 0}

@@ -120,7 +120,7 @@ def redis_costs(arrays: list[np.ndarray], spec: models.ModelSpec, config: settin
 
         def round_trip(group: list) -> None:
             for job_id, message in group:
-                assert queue.cached(job_id) is None       # the handler's cache lookup, a miss
+                assert queue.cached_and_depth(job_id)[0] is None   # the handler's cache lookup + depth, a miss
                 queue.enqueue(message, 10_000)
             claimed = queue.claim("bench-worker", len(group))
             assert len(claimed) == len(group)

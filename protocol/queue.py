@@ -136,10 +136,14 @@ class JobQueue:
                 return Result.decode(popped[1])
         return None
 
-    def cached(self, digest: str) -> Result | None:
-        """The result stored for identical image bytes, if any."""
-        raw = self.client.get(self.keys.cache(digest))
-        return Result.decode(raw) if raw else None
+    def cached_and_depth(self, digest: str | None) -> tuple[Result | None, int]:
+        """The cached result for `digest` (if any) and the queue's depth, in one round trip."""
+        pipe = self.client.pipeline(transaction=False)
+        if digest:
+            pipe.get(self.keys.cache(digest))
+        pipe.llen(self.keys.queue)
+        *raw, depth = pipe.execute()
+        return (Result.decode(raw[0]) if raw and raw[0] else None), depth
 
     def depth(self) -> int:
         """Interactive jobs waiting (the queue QUEUE_LIMIT bounds)."""

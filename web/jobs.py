@@ -22,10 +22,10 @@ def new_job(served: Served, array: np.ndarray, deadline: float, top_k: int, para
                         trace_id=g.trace_id, cache_key=cache_key, params=params or {})
 
 
-def refuse_when_full(served: Served) -> None:
+def refuse_when_full(depth: int) -> None:
     """503 SERVER_BUSY before any decoding when the queue is at its limit: a refusal costs almost nothing.
     (The enqueue checks again, atomically.)"""
-    if served.queue.depth() >= gateway().config.queue_limit:
+    if depth >= gateway().config.queue_limit:
         raise busy()
 
 

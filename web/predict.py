@@ -29,11 +29,11 @@ def predict(name: str | None = None, version: str | None = None):
     upload = read_upload(gw.config)
     served = gw.router.resolve(name or upload.model, version or upload.version)
     digest = cache_digest(upload.data, upload.top_k) if gw.config.cache_ttl > 0 else None
-    cached = served.queue.cached(digest) if digest else None
+    cached, depth = served.queue.cached_and_depth(digest)
     if cached:
         metrics.CACHE_HITS.inc()
         return answer(cached, served)
-    refuse_when_full(served)
+    refuse_when_full(depth)
     array, params = model_input(upload.data, served.spec)
     job = new_job(served, array, time.time() + gw.config.request_timeout, upload.top_k, params, digest, g.job_id)
     return answer(wait(served, submit(served, job)), served)
