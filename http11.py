@@ -17,6 +17,7 @@ MAX_HEADERS = 100
 TOKEN = rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
 REQUEST_LINE = re.compile(rb"(" + TOKEN + rb") ([^\x00-\x20\x7f]+) HTTP/1\.([01])")
 HEADER_NAME = re.compile(TOKEN)
+DECIMAL = re.compile(r"[0-9]{1,15}")   # ASCII digits only: str.isdigit() also takes "²"
 CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,15}")
 
 
@@ -59,7 +60,7 @@ def parse_head(raw: bytes) -> Head:
     encoding, lengths = values.get("transfer-encoding", []), values.get("content-length", [])
     chunked = [e.strip().lower() for e in ",".join(encoding).split(",")] == ["chunked"] if encoding else False
     if (encoding and not chunked) or (chunked and lengths) or len(set(lengths)) > 1 \
-            or (lengths and not (lengths[0].isdigit() and len(lengths[0]) <= 15)):
+            or (lengths and not DECIMAL.fullmatch(lengths[0])):
         raise BadRequest(400, "invalid Content-Length or Transfer-Encoding")
     version = "HTTP/1." + match.group(3).decode()
     tokens = {t.strip().lower() for t in ",".join(values.get("connection", [])).split(",")}

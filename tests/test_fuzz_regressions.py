@@ -85,3 +85,12 @@ def test_a_webp_over_25_megapixels_is_refused_before_decoding(tmp_path):
     below_the_cap = measure(tmp_path, encoded(Image.new("RGBA", (6000, 4100)), "WEBP", lossless=True))
     assert below_the_cap["outcome"] == [224, 224, 3]
     assert below_the_cap["rss_mb"] <= MEMORY_LIMIT_MB and below_the_cap["cpu_s"] <= CPU_LIMIT_S, below_the_cap
+
+
+def test_a_content_length_with_a_non_ascii_digit_is_a_400_not_a_crash():
+    """Found by fuzz/http_target.py in CI: '²5' passes str.isdigit() but not int()."""
+    import http11
+    head = b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: \xb25\r\n\r\n"
+    with pytest.raises(http11.BadRequest) as refused:
+        http11.parse_head(head[:-4])
+    assert refused.value.status == 400
