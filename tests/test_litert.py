@@ -190,3 +190,35 @@ def test_a_keras_file_converts_and_falls_back_when_it_cannot(tmp_path, monkeypat
     assert np.abs(lite.predict(batch) - fallback.predict(batch)).max() < TOLERANCE
     with pytest.raises(LiteRTError):
         load_litert_model(model_path, str(tmp_path / "other"), labels_path=labels)
+
+
+def test_a_lone_call_borrows_the_solo_interpreter_and_overlapping_calls_do_not(lite, pixels, monkeypatch):
+    """One call at a time runs on the shared interpreter with a thread per core (a lone request at the
+    model's best latency); a call made while another runs uses its thread's 1-thread interpreter."""
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("one core: there is no solo interpreter")
+    assert lite._solo is not None and lite._solo[0] is not lite._interpreter()[0]
+    used, inside, release = [], threading.Event(), threading.Event()
+    invoke = LiteRTClassifier._invoke
+
+    def recording(self, interpreter_and_indices, batch):
+        used.append("solo" if interpreter_and_indices is self._solo else "own")
+        if len(used) == 1:
+            inside.set()
+            release.wait(10)            # hold the first call open while the second one starts
+        return invoke(self, interpreter_and_indices, batch)
+
+    monkeypatch.setattr(LiteRTClassifier, "_invoke", recording)
+    answers = {}
+    first = threading.Thread(target=lambda: answers.setdefault("first", lite.predict(pixels[:2])))
+    first.start()
+    assert inside.wait(10)
+    answers["second"] = lite.predict(pixels[2:4])
+    release.set()
+    first.join()
+    answers["third"] = lite.predict(pixels[4:5])
+    assert used == ["solo", "own", "solo"]
+    monkeypatch.undo()
+    own = lite._invoke(lite._interpreter(), pixels)
+    np.testing.assert_allclose(np.concatenate([answers["first"], answers["second"], answers["third"]]), own,
+                               atol=1e-6)
