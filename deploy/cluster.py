@@ -106,7 +106,8 @@ class Cluster:
 
     def __init__(self, web: int = 2, workers: int = 2, port: int = 0, redis_url: str | None = None,
                  gunicorn_workers: int = 1, env: dict[str, str] | None = None, run_dir: str | None = None,
-                 host: str = "127.0.0.1", say: Callable[[str], None] = lambda line: None, redis_cluster: int = 0):
+                 host: str = "127.0.0.1", say: Callable[[str], None] = lambda line: None, redis_cluster: int = 0,
+                 nginx: bool = True):
         if web < 1 or workers < 0:
             raise ValueError("a cluster needs at least one web server (and zero or more workers)")
         self.host = host
@@ -121,12 +122,13 @@ class Cluster:
         self.web: list[Child] = []
         self.workers: list[Child] = []
         self.nginx: Child | None = None
+        self.use_nginx = nginx                   # False: clients call the (first) web server itself
         self.stop_requested = threading.Event()
 
     @property
     def url(self) -> str:
-        """nginx's URL: the one address clients use."""
-        return f"http://{self.host}:{self.port}"
+        """nginx's URL: the one address clients use (the first web server's without nginx)."""
+        return f"http://{self.host}:{self.port}" if self.use_nginx else self.web[0].url
 
     @property
     def children(self) -> list[Child]:
@@ -142,7 +144,8 @@ class Cluster:
             self._start_redis()
             self._start_workers()   # first: loading the model is the slowest step
             self._start_web()
-            self._start_nginx()
+            if self.use_nginx:
+                self._start_nginx()
             self.wait_ready(timeout_s)
         except BaseException:
             self.stop()
