@@ -5,8 +5,11 @@ bad upload is answered with a ``GatewayError`` here and never reaches a worker.
 """
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import math
 import struct
+import threading
 import warnings
 from io import BytesIO
 from typing import TYPE_CHECKING
@@ -49,6 +52,41 @@ JPEG_FORMATS = frozenset({"JPEG", "MPO"})
 # Pillow decodes WebP through libwebp's animation decoder, which holds about three more copies of the
 # RGBA canvas while loading: a 1.5 KB, 39 MP WebP peaked at 607 MB (found by fuzz/). 25 MP stays < 400 MB.
 WEBP_MAX_PIXELS = 25_000_000
+# An image over LARGE_DECODE_PIXELS (after JPEG drafting) costs 100-450 MB to decode; only
+# MAX_LARGE_DECODES of them decode at once in a process (the web tier has hundreds of threads), and one
+# that finds no slot within LARGE_DECODE_WAIT_S is refused with 503 SERVER_BUSY. A classifier's input
+# is reduced inside the slot; a detector's or pipeline's full-size image outlives it.
+LARGE_DECODE_PIXELS = 10_000_000
+LARGE_DECODE_WAIT_S = 10.0
+_large_decodes = threading.BoundedSemaphore(2)
+M_MMAP_THRESHOLD = -3           # glibc's mallopt parameter: allocations at least this large are mmapped
+
+
+def bound_decode_memory(slots: int) -> None:
+    """At most `slots` images over LARGE_DECODE_PIXELS decode at once in this process (MAX_LARGE_DECODES),
+    and what they free goes back to the OS: glibc's malloc otherwise keeps large freed buffers in its
+    per-thread arenas (measured: 8 threads that had decoded 40 MP PNGs kept 1,537 MiB; with a fixed
+    4 MiB mmap threshold, 42 MiB)."""
+    global _large_decodes
+    _large_decodes = threading.BoundedSemaphore(slots)
+    with contextlib.suppress(OSError, AttributeError):      # not glibc: nothing to tune
+        ctypes.CDLL(None).mallopt(M_MMAP_THRESHOLD, 4 << 20)
+
+
+@contextlib.contextmanager
+def _decode_slot(image: Image.Image):
+    """Hold a large-decode slot while a large image decodes; small images pass at once."""
+    if image.width * image.height <= LARGE_DECODE_PIXELS:
+        yield
+        return
+    slots = _large_decodes
+    if not slots.acquire(timeout=LARGE_DECODE_WAIT_S):
+        raise errors.GatewayError(errors.SERVER_BUSY, "too many large images are being decoded; retry shortly",
+                                  {"Retry-After": "1"})
+    try:
+        yield
+    finally:
+        slots.release()
 
 # Well-known formats we refuse, recognised by magic bytes only (never handed to a Pillow plugin:
 # EPS would start Ghostscript; the PSD/ICO/TGA/... parsers are attack surface we do not need).
@@ -200,10 +238,21 @@ def _decode_checked(data: bytes, max_pixels: int, draft_size: int | None) -> Ima
     _check_pixel_count(image, pixel_limit)
     if draft_size and image.format in JPEG_FORMATS:
         image.draft(None, (draft_size, draft_size))  # DCT scaling: both sides stay >= draft_size
-    image.load()
-    _check_pixel_count(image, pixel_limit)  # some formats (GIF) only know the frame size now
-    _apply_exif_orientation(image)
-    return _to_rgb(image)
+    with _decode_slot(image):
+        image.load()
+        _check_pixel_count(image, pixel_limit)  # some formats (GIF) only know the frame size now
+        _apply_exif_orientation(image)
+        return _reduced(_to_rgb(image), draft_size)
+
+
+def _reduced(image: Image.Image, draft_size: int | None) -> Image.Image:
+    """A large image reduced by the whole factor that keeps its shorter side >= REDUCING_GAP x draft_size
+    (the step resize(reducing_gap=...) would take first anyway), inside the decode slot, so only the
+    small copy outlives it; other images as they are."""
+    if not draft_size or image.width * image.height <= LARGE_DECODE_PIXELS:
+        return image
+    factor = int(min(image.size) / (draft_size * REDUCING_GAP))
+    return image.reduce(factor) if factor >= 2 else image
 
 
 def decode_image(data: bytes, *, max_pixels: int, draft_size: int | None = None) -> Image.Image:

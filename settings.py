@@ -46,6 +46,7 @@ class Settings:
     retry_after: int = 1                    # s: Retry-After on 503
     max_upload_bytes: int = 10 * 1024 * 1024  # bytes of a request body (nginx client_max_body_size agrees)
     max_image_pixels: int = 40_000_000      # width*height of a decoded image
+    max_large_decodes: int = 2              # images over 10 MP decoded at once per web process (100-450 MB each)
     top_k: int = 5                          # predictions returned by default; `top_k` form/JSON field up to max_top_k
     max_top_k: int = 20
     wire_dtype: str = "uint8"               # array dtype on the queue: uint8 (default) or float32 (the card's)
@@ -118,8 +119,8 @@ def validate(settings: Settings) -> None:
         raise ValueError(f"RUNTIME must be one of {', '.join(RUNTIMES)}")
     if settings.wire_dtype not in ("uint8", "float32"):
         raise ValueError("WIRE_DTYPE must be uint8 or float32")
-    if settings.batch_size < 1 or settings.queue_limit < 1 or settings.web_threads < 1:
-        raise ValueError("BATCH_SIZE, QUEUE_LIMIT and WEB_THREADS must be >= 1")
+    if min(settings.batch_size, settings.queue_limit, settings.web_threads, settings.max_large_decodes) < 1:
+        raise ValueError("BATCH_SIZE, QUEUE_LIMIT, WEB_THREADS and MAX_LARGE_DECODES must be >= 1")
     if settings.request_timeout <= 0 or settings.heartbeat_ttl <= settings.heartbeat_interval:
         raise ValueError("REQUEST_TIMEOUT must be > 0 and HEARTBEAT_TTL > HEARTBEAT_INTERVAL")
     if not 1 <= settings.top_k <= settings.max_top_k:

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 from flask import Flask, current_app
 
+import imaging
 import metrics
 import protocol
 from settings import Settings
@@ -27,6 +28,7 @@ def init_app(app: Flask, config: Settings) -> None:
     app.extensions["gateway"] = Gateway(config, router, metrics.QueueCollector(router), load_plans(config.pipelines),
                                         protocol.TaskStore(client, config.key_prefix))
     app.config["MAX_CONTENT_LENGTH"] = config.max_upload_bytes
+    imaging.bound_decode_memory(config.max_large_decodes)
 
 
 def gateway() -> Gateway:
