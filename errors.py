@@ -41,8 +41,7 @@ PIPELINE_NOT_FOUND = ErrorCode("PIPELINE_NOT_FOUND", 404, "no pipeline of that n
 PIPELINE_STEP_FAILED = ErrorCode("PIPELINE_STEP_FAILED", 500, "a step of the pipeline failed; the message names it")
 MODEL_UNAVAILABLE = ErrorCode("MODEL_UNAVAILABLE", 503, "the model version failed to load or has no live worker")
 METHOD_NOT_ALLOWED = ErrorCode("METHOD_NOT_ALLOWED", 405, "method not allowed on this endpoint")
-SERVER_BUSY = ErrorCode("SERVER_BUSY", 503, "the queue (or the large-image decoder) is full; retry after the "
-                        "Retry-After seconds")
+SERVER_BUSY = ErrorCode("SERVER_BUSY", 503, "the queue or the large-image decoder is full; retry after Retry-After")
 QUEUE_UNAVAILABLE = ErrorCode("QUEUE_UNAVAILABLE", 503, "the queue (Redis) cannot be reached")
 TIMEOUT = ErrorCode("TIMEOUT", 504, "no result within REQUEST_TIMEOUT")
 INFERENCE_FAILED = ErrorCode("INFERENCE_FAILED", 500, "the model failed on this request")
