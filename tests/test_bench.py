@@ -6,8 +6,11 @@ import hashlib
 import io
 import json
 import os
+import subprocess
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +20,8 @@ import imaging
 from bench import loadgen, report
 from models import ModelSpec
 from redis_server import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
 
 SPEC_224 = ModelSpec("test", 224, 0.875, "bilinear", ("a",))
 
@@ -390,3 +395,17 @@ def test_imaging_bench_turbo_path_is_pillows_pixels():
     functions = imaging_bench.path_functions(SPEC_224)
     jpeg = loadgen.make_photo(5)
     assert np.array_equal(functions["turbo"](jpeg), functions["pillow"](jpeg))
+
+
+def test_the_gpu_run_script_end_to_end_on_the_cpu(tmp_path):
+    """`python -m bench.gpu` has no GPU to run on in CI; `--runtime tensorflow --quick` takes its every
+    step here (raw child, gunicorn without nginx, a model worker, loader processes) and must answer."""
+    out = tmp_path / "gpu.json"
+    done = subprocess.run([sys.executable, "-m", "bench.gpu", "--runtime", "tensorflow", "--quick",
+                           "--json", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["runtime"] == "tensorflow" and result["backend"] == "tensorflow"
+    assert result["raw_images_per_s"] > 0 and result["end_to_end_images_per_s"] > 0
+    assert result["errors"] == 0 and result["levels"][0]["concurrency"] == 4
+    assert result["ratio"] == round(result["end_to_end_images_per_s"] / result["raw_images_per_s"], 3)
