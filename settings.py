@@ -39,6 +39,7 @@ class Settings:
     batch_size: int = 8                     # most jobs one predict call takes (CPU: 8 measured best; GPU: 32-256)
     batch_wait_ms: float = 0.0              # how long a worker waits for more jobs when a batch is not full
     worker_threads: int = 0                 # batches one worker process predicts at once; 0: one per CPU core
+    worker_nice: int = 19                   # niceness added to the model threads (web tier first on shared cores)
     model_threads: int = 1                  # threads of one predict call (TensorFlow intra-op); 0: framework default
     # Request handling (web tier).
     request_timeout: float = 10.0           # s: the handler answers 504 after this; also the job's deadline

@@ -32,6 +32,13 @@ def new_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
 
+def lower_priority(nice: int) -> None:
+    """This thread (and threads it starts later) at `nice` more than the process: where the web tier shares
+    the cores, a request's own steps (refusals, decoding, answers) then come before a model's next batch."""
+    if nice > 0:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), os.getpriority(os.PRIO_PROCESS, 0) + nice)
+
+
 class Claimed:
     """Jobs claimed from Redis and decoded ahead of the model, oldest first.
 
@@ -95,6 +102,7 @@ class Worker:
                    threading.Thread(target=self._claim_loop, name="claim", daemon=True)]
         [thread.start() for thread in threads]
         log.info("worker started", extra={"worker": self.worker_id, "model": self.queue.model})
+        lower_priority(self.config.worker_nice)   # the model's calls only: heartbeats and claims keep theirs
         self._retrying(self._predict_once)
         threads[1].join()
         self._release()

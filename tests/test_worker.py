@@ -1,8 +1,9 @@
 """The worker's claim-ahead buffer: waits, capacity, order (no Redis needed for these)."""
+import os
 import threading
 import time
 
-from worker import Claimed
+from worker import Claimed, lower_priority
 
 
 def test_take_returns_the_oldest_items_up_to_count():
@@ -32,3 +33,21 @@ def test_room_blocks_while_full_and_frees_on_take():
     assert claimed.room(timeout_s=0.05) == 0
     threading.Timer(0.05, lambda: claimed.take(1, timeout_s=0)).start()
     assert claimed.room(timeout_s=2) == 1
+
+
+def test_lower_priority_renices_the_calling_thread_and_what_it_starts_only():
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    seen = {}
+
+    def model_thread():
+        lower_priority(3)
+        seen["self"] = os.getpriority(os.PRIO_PROCESS, 0)
+        child = threading.Thread(target=lambda: seen.setdefault("child", os.getpriority(os.PRIO_PROCESS, 0)))
+        child.start()
+        child.join()
+
+    thread = threading.Thread(target=model_thread)
+    thread.start()
+    thread.join()
+    assert seen == {"self": base + 3, "child": base + 3}
+    assert os.getpriority(os.PRIO_PROCESS, 0) == base      # the web tier's threads keep theirs
