@@ -70,9 +70,9 @@ def run_level(url: str, total: int, args: argparse.Namespace, level: int) -> dic
     """`total` clients spread over the loader processes; images/s is the sum of theirs."""
     shares = [total // args.loaders + (i < total % args.loaders) for i in range(args.loaders)]
     with ProcessPoolExecutor(len(shares)) as loaders:
-        parts = list(loaders.map(load_level, [url] * len(shares), shares, [args.duration] * len(shares),
-                                 [args.warmup] * len(shares), [args.photos] * len(shares),
-                                 [level * 100 + i for i in range(len(shares))]))
+        futures = [loaders.submit(load_level, url, clients, args.duration, args.warmup, args.photos, level * 100 + i)
+                   for i, clients in enumerate(shares)]
+        parts = [future.result() for future in futures]
     latencies = np.array([ms for part in parts for ms in part["latencies_ms"]] or [np.nan])
     errors: dict[str, int] = {}
     for part in parts:

@@ -61,7 +61,7 @@ class LiteRTClassifier:
             raise ValueError("give exactly one of model_path and model_content")
         self.spec, self.model_path, self.threads, self._content = spec, model_path, threads, model_content
         self._local = threading.local()
-        self._calls, self._calls_lock, self._solo_lock = 0, threading.Lock(), threading.Lock()
+        self._calls, self._calls_lock = 0, threading.Lock()   # predict calls in flight
         cores = len(os.sched_getaffinity(0))
         self._solo = self._new_interpreter(cores) if threads == 1 and cores > 1 else None
         interpreter = self._interpreter()[0]
@@ -72,13 +72,8 @@ class LiteRTClassifier:
         _check_batch(batch, self.spec.input_size)
         with self._calls_lock:
             alone, self._calls = self._calls == 0, self._calls + 1
-        try:
-            if alone and self._solo and self._solo_lock.acquire(blocking=False):
-                try:
-                    return self._invoke(self._solo, batch)
-                finally:
-                    self._solo_lock.release()
-            return self._invoke(self._interpreter(), batch)
+        try:    # alone: no other call is in flight, so none can be using the solo interpreter
+            return self._invoke(self._solo if alone and self._solo else self._interpreter(), batch)
         finally:
             with self._calls_lock:
                 self._calls -= 1
