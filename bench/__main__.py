@@ -23,12 +23,14 @@ from pathlib import Path
 
 import numpy as np
 
-import models  # get_spec only: no TensorFlow in this process
-import processes
-import settings as settings_module
 from bench import loadgen, log, pipeline, raw_model, report, stages, system
 from bench.gateway import Gateway
 from bench.sweep import cpu_summary, sweep
+from image_gateway import (
+    models,  # get_spec only: no TensorFlow in this process
+    processes,
+)
+from image_gateway import settings as settings_module
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -8,9 +8,9 @@ import sys
 import time
 from pathlib import Path
 
-import processes
 from bench.system import process_tree, read_stat
-from redis_server import free_port
+from image_gateway import processes
+from image_gateway.redis_server import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -25,11 +25,11 @@ from pathlib import Path
 
 import numpy as np
 
-import settings as settings_module
 from bench import log, system
 from bench.loadgen import BodyPool, LoadGenerator, make_photos
 from bench.raw_model import measure_raw_in_child
 from deploy.cluster import Cluster
+from image_gateway import settings as settings_module
 
 TARGET_RATIO = 0.5
 

@@ -32,10 +32,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-import imaging
-import models
-import settings as settings_module
 from bench.system import machine_info
+from image_gateway import imaging, models
+from image_gateway import settings as settings_module
 
 try:
     import simplejpeg

@@ -28,11 +28,11 @@ from pathlib import Path
 import numpy as np
 import redis
 
-import settings as settings_module
 from bench import log, report, system
 from bench.gateway import Gateway
 from bench.loadgen import DEFAULT_RECIPE, BodyPool, LoadGenerator, Outcome, make_photos
 from bench.system import process_tree, read_stat
+from image_gateway import settings as settings_module
 
 REDIS_ADDRESS = re.compile(rb"(\d+\.\d+\.\d+\.\d+):(\d+)")
 GROWTH_LIMIT_PCT = 5.0

@@ -20,11 +20,9 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-import imaging
-import models
-import processes
-import settings as settings_module
 from bench.system import machine_busy_s
+from image_gateway import imaging, models, processes
+from image_gateway import settings as settings_module
 
 LOAD_TIMEOUT_S = 900.0     # a first LiteRT conversion, or TensorFlow on a slow disk
 # Each pipeline process: one thread per predict call, whatever the environment says.

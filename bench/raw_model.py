@@ -21,11 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-import imaging
-import models
-import settings as settings_module
-import worker  # its threading settings; importing it loads no TensorFlow
 from bench import loadgen
+from image_gateway import imaging, models
+from image_gateway import settings as settings_module
+from image_gateway.worker.threads import predict_threads, set_framework_threads  # loads no TensorFlow
 
 ROOT = Path(__file__).resolve().parent.parent
 # The other honest way to run the model: one caller whose predict uses every core.
@@ -87,7 +86,7 @@ def load_for_runtime(config: settings_module.Settings, interpreter_threads: int 
         classifier = models.load_model(config.model, weights_path=config.model_weights,
                                        labels_path=config.model_labels)
     else:
-        from models import litert
+        from image_gateway.models import litert
 
         classifier = litert.load_litert_model(
             config.model, os.path.expanduser(config.litert_cache_dir), max(1, interpreter_threads),
@@ -128,8 +127,8 @@ def raw_child(argv: list[str]) -> None:
     parser.add_argument("--batch-sizes", default="1,8,16,32,64")
     args = parser.parse_args(argv)
     config = settings_module.load()
-    worker.set_framework_threads(config)      # the worker's own threading, before TensorFlow loads
-    threads = worker.predict_threads(config)
+    set_framework_threads(config)      # the worker's own threading, before TensorFlow loads
+    threads = predict_threads(config)
     started = time.perf_counter()
     # LiteRT: MODEL_THREADS threads per interpreter, 0 (the one-caller run) meaning every core.
     classifier, runtime = load_for_runtime(config, config.model_threads or len(os.sched_getaffinity(0)))

@@ -60,8 +60,15 @@ def ready(model) -> np.ndarray:
 
 def child_tensorflow(args) -> dict:
     os.environ.update(TF_NUM_INTRAOP_THREADS=str(args.threads), TF_NUM_INTEROP_THREADS="1")
-    from models import load_model
-    from models.litert import cache_key, cache_path, convert, file_digest, source_weights_path, write_atomic
+    from image_gateway.models import load_model
+    from image_gateway.models.litert import (
+        cache_key,
+        cache_path,
+        convert,
+        file_digest,
+        source_weights_path,
+        write_atomic,
+    )
 
     classifier = load_model(args.model)
     pixels = ready(classifier)
@@ -78,7 +85,7 @@ def child_tensorflow(args) -> dict:
 
 
 def child_litert(args) -> dict:
-    from models.litert import LiteRTClassifier, load_litert_model
+    from image_gateway.models.litert import LiteRTClassifier, load_litert_model
 
     lite = load_litert_model(args.model, args.cache_dir, args.threads)
     assert isinstance(lite, LiteRTClassifier)

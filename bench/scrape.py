@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import re
 
-import processes
+from image_gateway import processes
 
 METRIC_LINE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)$")
 WATCHED_METRICS = ("gateway_batch_size_sum", "gateway_batch_size_count", "gateway_inference_seconds_sum",

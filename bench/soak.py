@@ -20,12 +20,12 @@ import os
 import tempfile
 import time
 
-import settings as settings_module
 from bench import log, system
 from bench.loadgen import DEFAULT_RECIPE, BodyPool, LoadGenerator, Outcome, make_photos
 from bench.overload import GROWTH_LIMIT_PCT, MemorySampler, memory_growth, summarise, write_report
 from bench.overload import flat as memory_flat
 from deploy.cluster import Cluster
+from image_gateway import settings as settings_module
 
 
 class PacedPool:

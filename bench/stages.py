@@ -14,13 +14,11 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-import imaging
-import models
-import protocol
-import settings as settings_module
 from bench import loadgen
 from bench.system import cpu_delta, tree_cpu
-from redis_server import RedisServer
+from image_gateway import imaging, models, protocol
+from image_gateway import settings as settings_module
+from image_gateway.redis_server import RedisServer
 
 
 def per_image_cpu_ms(work: Callable, items: Sequence) -> float:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-import settings as settings_module
+from image_gateway import settings as settings_module
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 

@@ -1,6 +1,6 @@
 """A whole gateway on loopback: redis-server, N gunicorn web servers, M model workers, nginx in front.
 
-    python -m deploy.cluster --web 2 --workers 2 --port 8080
+    python -m deploy.cluster --web 2 --workers 2 --port 8080     # or: python deploy/cluster.py ...
     python -m deploy.cluster --redis-cluster 3      # a 3-master, 3-replica Redis Cluster instead of one Redis
 
 Stays in the foreground; Ctrl-C or SIGTERM stops everything it started, in an order that loses no
@@ -21,10 +21,18 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-import processes
-import settings as settings_module
-from deploy import nginx_conf
-from redis_server import RedisCluster, RedisServer, free_port
+if __name__ == "__main__" and not __package__:
+    # `python deploy/cluster.py`: the same as `python -m deploy.cluster` run from the checkout's root, so
+    # that deploy and image_gateway import as packages (the script's own folder is not the root).
+    _root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    _path = os.pathsep.join(filter(None, [_root, os.environ.get("PYTHONPATH")]))
+    os.execve(sys.executable, [sys.executable, "-m", "deploy.cluster", *sys.argv[1:]],
+              {**os.environ, "PYTHONPATH": _path})
+
+from deploy import nginx_conf  # noqa: E402
+from image_gateway import processes  # noqa: E402
+from image_gateway import settings as settings_module  # noqa: E402
+from image_gateway.redis_server import RedisCluster, RedisServer, free_port  # noqa: E402
 
 DEPLOY_DIR = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(DEPLOY_DIR)

@@ -21,7 +21,7 @@ import tempfile
 # The gateway's own settings, so limits agree with the app. gunicorn puts its working directory on
 # sys.path before it reads this file: run it from the checkout's root (systemd: WorkingDirectory).
 try:
-    import settings as _settings
+    from image_gateway import settings as _settings
 except ModuleNotFoundError as error:
     raise SystemExit("deploy/gunicorn.conf.py: cannot import settings; start gunicorn in the gateway's "
                      "checkout directory (cd /opt/gateway && gunicorn -c deploy/gunicorn.conf.py ...)") from error
@@ -65,10 +65,9 @@ def on_starting(server) -> None:
         os.remove(stale)
 
 
-def post_fork(server, worker) -> None:
-    """JSON logs with trace ids from the app in every worker (run_server's main() does this itself)."""
-    import logs
-    logs.setup(_config)
+def post_worker_init(worker) -> None:
+    """The app is loaded (image_gateway.wsgi set up logging); start its task feeder in this process."""
+    worker.wsgi.extensions["feeder"].start()
 
 
 def child_exit(server, worker) -> None:

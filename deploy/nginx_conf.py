@@ -15,7 +15,7 @@ import re
 import shutil
 import sys
 
-import settings as settings_module
+from image_gateway import settings as settings_module
 
 DEPLOY_DIR = os.path.dirname(os.path.abspath(__file__))
 TEMPLATE = os.path.join(DEPLOY_DIR, "nginx.conf.template")

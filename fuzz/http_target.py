@@ -11,7 +11,7 @@ from __future__ import annotations
 import atheris
 
 with atheris.instrument_imports(include=["http11"]):
-    import http11
+    from image_gateway.front import http11
 
 from fuzz import Finding, run  # noqa: E402
 

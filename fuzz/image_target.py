@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import atheris
 
-with atheris.instrument_imports(include=["imaging", "errors", "PIL", "models.geometry"]):
+with atheris.instrument_imports(include=["image_gateway.imaging", "image_gateway.errors", "PIL",
+                                         "image_gateway.models.geometry"]):
     from PIL import Image
 
-    import errors
-    import imaging
+    from image_gateway import errors, imaging
 
     Image.init()            # imports every format plugin now, inside the instrumented block
 
-import models  # noqa: E402  (the spec only: no TensorFlow)
 from fuzz import Finding, run  # noqa: E402
+from image_gateway import models  # noqa: E402  (the spec only: no TensorFlow)
 
 SPEC = models.get_spec("efficientnet_lite0")
 MAX_PIXELS = 40_000_000     # settings.Settings.max_image_pixels' default

@@ -18,18 +18,19 @@ import logging
 
 import atheris
 
-with atheris.instrument_imports(include=["web", "werkzeug.formparser", "werkzeug.sansio", "werkzeug.http",
-                                         "werkzeug.datastructures", "imaging", "errors", "PIL"]):
+with atheris.instrument_imports(include=["image_gateway.web", "werkzeug.formparser", "werkzeug.sansio", "werkzeug.http",
+                                         "werkzeug.datastructures", "image_gateway.imaging", "image_gateway.errors",
+                                         "PIL"]):
     from PIL import Image
 
-    import run_server
-    import web.uploads  # noqa: F401
+    from image_gateway.web import app as run_server
+    from image_gateway.web import uploads  # noqa: F401
 
     Image.init()
 
-import settings  # noqa: E402
 from fuzz import Finding, pick, run  # noqa: E402
-from redis_server import RedisServer  # noqa: E402
+from image_gateway import settings  # noqa: E402
+from image_gateway.redis_server import RedisServer  # noqa: E402
 
 FLUSH_EVERY = 64            # requests between FLUSHDBs: no worker ever takes the queued jobs
 

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import redis
 
-import processes
-import settings as settings_module
-from redis_server import RedisServer, free_port
+from image_gateway import processes
+from image_gateway import settings as settings_module
+from image_gateway.redis_server import RedisServer, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -66,7 +66,7 @@ def config_env(config: settings_module.Settings) -> dict[str, str]:
 @pytest.fixture(scope="session")
 def classifier():
     """The real default model, loaded once for the whole session."""
-    import models
+    from image_gateway import models
     return models.load_model()
 
 
@@ -74,7 +74,7 @@ class ServerThread:
     """The app behind the embedded default's web server (http_front) on a free loopback port, in a thread."""
 
     def __init__(self, app, config):
-        from embedded import make_server
+        from image_gateway.embedded import make_server
         self.port = free_port()
         self.server = make_server(app, dataclasses.replace(config, host="127.0.0.1", port=self.port))
         self.server.prepare()
@@ -97,8 +97,8 @@ class WorkerThread:
     """A real `classify_worker.Worker` running in a thread of the test process."""
 
     def __init__(self, config, classifier, worker_id: str | None = None):
-        import protocol
-        from worker import Worker
+        from image_gateway import protocol
+        from image_gateway.worker.loop import Worker
         client = protocol.connect(config.redis_url, config.request_timeout, config.redis_cluster)
         self.worker = Worker(config, client, classifier, worker_id)
         self.thread = threading.Thread(target=self.worker.run, daemon=True)
@@ -115,7 +115,7 @@ def gateway_factory():
     started: list = []
 
     def build(config, classifier=None, workers: int = 1):
-        from run_server import create_app
+        from image_gateway.web.app import create_app
         web = ServerThread(create_app(config), config)
         started.append(web)
         threads = [WorkerThread(config, classifier) for _ in range(workers)] if classifier else []
@@ -158,7 +158,7 @@ CLUSTER_INAPPLICABLE = {
 if os.environ.get("REDIS_CLUSTER_TESTS") == "1":
     from redis.cluster import RedisCluster as ClusterClient
 
-    from redis_server import RedisCluster
+    from image_gateway.redis_server import RedisCluster
 
     _single_redis_config = make_config
 

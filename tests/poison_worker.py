@@ -8,8 +8,8 @@ import sys
 
 import numpy as np
 
-import worker
-from classify_worker import main
+from image_gateway.worker import loop as worker
+from image_gateway.worker.main import main
 
 POISON_VALUE = 7
 real_answer_fields = worker.answer_fields

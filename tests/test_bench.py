@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import imaging
 from bench import loadgen, report
-from models import ModelSpec
-from redis_server import free_port
+from image_gateway import imaging
+from image_gateway.models import ModelSpec
+from image_gateway.redis_server import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -227,9 +227,9 @@ def test_command_line_defaults():
 def test_stage_costs_run_the_gateway_code_against_a_real_redis(photos):
     """The per-stage breakdown calls the gateway's own functions and Redis protocol: it must keep up
     with them (it once called a JobQueue method that no longer existed)."""
-    import models
-    import settings as settings_module
     from bench import stages
+    from image_gateway import models
+    from image_gateway import settings as settings_module
 
     config = settings_module.load({})
     costs, details = stages.stage_costs(photos, models.get_spec(config.model), config)
@@ -352,10 +352,10 @@ def test_the_pipeline_runs_one_process_per_core_together(photos):
 
 
 def test_the_raw_baseline_loads_the_runtime_the_worker_would(monkeypatch):
-    import models
-    import settings as settings_module
     from bench import raw_model
-    from models import litert
+    from image_gateway import models
+    from image_gateway import settings as settings_module
+    from image_gateway.models import litert
 
     calls = []
     monkeypatch.setattr(models, "load_model", lambda name, **kw: calls.append(("keras", name)) or object())

@@ -21,7 +21,7 @@ import pytest
 from test_many_models import MIXED, mixed_repository_gateway
 
 from conftest import DATA, ROOT
-from redis_server import free_port
+from image_gateway.redis_server import free_port
 
 SERVED = MIXED
 
@@ -216,10 +216,11 @@ def test_503_is_retried_after_retry_after_and_the_key_and_timeout_are_used(flaky
 def test_console_scripts_name_functions_that_return_exit_codes():
     import tomllib
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
-    assert scripts == {"gateway-server": "embedded:main", "gateway-worker": "classify_worker:main",
-                       "gateway-client": "simple_request:main"}
+    assert scripts == {"gateway-server": "image_gateway.embedded:main",
+                       "gateway-worker": "image_gateway.worker.main:main",
+                       "gateway-client": "image_gateway.client.cli:main"}
     for target in scripts.values():
         module, function = target.split(":")
         assert callable(getattr(importlib.import_module(module), function))
-    import simple_request
+    from image_gateway.client import images as simple_request
     assert simple_request.main(["--list-models", "--url", f"http://127.0.0.1:{free_port()}"]) == 1

@@ -22,11 +22,11 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-import settings as settings_module
 from conftest import DATA, ROOT, wait_for
 from deploy import nginx_conf
 from deploy.cluster import Cluster, ClusterError
-from redis_server import free_port
+from image_gateway import settings as settings_module
+from image_gateway.redis_server import free_port
 
 HEARTBEAT_TTL_S = 2.0
 MAX_UPLOAD_BYTES = 2 * 1024 * 1024

@@ -1,4 +1,4 @@
-"""The standing rules of the code (DESIGN.md): short functions, short modules, no sys.path edits."""
+"""The standing rules of the code (DESIGN.md): short functions, short modules, no sys.path edits, no import cycles."""
 from __future__ import annotations
 
 import ast
@@ -16,7 +16,8 @@ def source_files() -> list[Path]:
 
 def test_the_walk_finds_the_project():
     names = {path.relative_to(ROOT).as_posix() for path in source_files()}
-    assert {"run_server.py", "classify_worker.py", "protocol/queue.py", "web/predict.py"} <= names
+    assert {"run_server.py", "classify_worker.py", "image_gateway/protocol/queue.py",
+            "image_gateway/web/predict.py"} <= names
 
 
 def test_no_module_outside_tests_is_over_400_lines():
@@ -40,3 +41,60 @@ def test_nothing_edits_sys_path():
     everything = [p for p in ROOT.rglob("*.py") if ".venv" not in p.parts and p.name != "test_code_shape.py"]
     assert [str(p.relative_to(ROOT)) for p in everything if "sys.path.insert" in p.read_text()
             or "sys.path.append" in p.read_text()] == []
+
+
+def product_imports() -> dict[str, set[str]]:
+    """image_gateway's modules -> the image_gateway modules each imports (anywhere in its body)."""
+    package = ROOT / "image_gateway"
+    modules = {".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__"): path
+               for path in package.rglob("*.py")}
+    graph = {}
+    for name, path in modules.items():
+        targets = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                found = [f"{node.module}.{alias.name}" for alias in node.names]
+                targets |= {t if t in modules else node.module for t in found}
+            elif isinstance(node, ast.Import):
+                targets |= {alias.name for alias in node.names}
+        graph[name] = {t for t in targets if t in modules and t != name}
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Every strongly connected group of more than one module (Tarjan's algorithm)."""
+    index, low, stack, on_stack, found = {}, {}, [], set(), []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for target in graph[node]:
+            if target not in index:
+                visit(target)
+                low[node] = min(low[node], low[target])
+            elif target in on_stack:
+                low[node] = min(low[node], index[target])
+        if low[node] == index[node]:
+            group = []
+            while not group or group[-1] != node:
+                group.append(stack.pop())
+                on_stack.discard(group[-1])
+            if len(group) > 1:
+                found.append(sorted(group))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return found
+
+
+def test_the_import_walk_sees_the_package():
+    graph = product_imports()
+    assert "image_gateway.worker.loop" in graph["image_gateway.worker.host"]
+    assert "image_gateway.web.app" in graph["image_gateway.embedded"]
+    assert cycles({"a": {"b"}, "b": {"a"}, "c": {"a"}}) == [["a", "b"]]     # the check can fail
+
+
+def test_no_import_cycles_in_the_product():
+    assert cycles(product_imports()) == []

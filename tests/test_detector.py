@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import imaging
-from models.detector import MTCNN_SPEC, load_detector
-from models.errors import ModelNotFoundError
-from models.geometry import DEFAULT_MAX_SIDE, scale_detections, working_size
+from image_gateway import imaging
+from image_gateway.models.detector import MTCNN_SPEC, load_detector
+from image_gateway.models.errors import ModelNotFoundError
+from image_gateway.models.geometry import DEFAULT_MAX_SIDE, scale_detections, working_size
 
 DATA = Path(__file__).resolve().parent / "data"
 PHOTOS = ("astronaut", "coffee", "cat", "motorcycle", "rocket")

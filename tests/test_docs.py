@@ -1,9 +1,8 @@
 """The README stays true: every error code and every setting is documented."""
 from dataclasses import fields
 
-import errors
-import settings
 from conftest import ROOT
+from image_gateway import errors, settings
 
 README = (ROOT / "README.md").read_text()
 

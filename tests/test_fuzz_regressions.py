@@ -24,8 +24,9 @@ SIDE = 6300                    # 6300 x 6300 = 39.7 MP < MAX_IMAGE_PIXELS (40 M)
 
 MEASURE = """
 import json, resource, sys
-import imaging, models
-from errors import GatewayError
+from image_gateway import imaging
+from image_gateway import models
+from image_gateway.errors import GatewayError
 data = open(sys.argv[1], "rb").read()
 spec = models.get_spec("efficientnet_lite0")
 usage = lambda: resource.getrusage(resource.RUSAGE_SELF)
@@ -89,7 +90,7 @@ def test_a_webp_over_25_megapixels_is_refused_before_decoding(tmp_path):
 
 def test_a_content_length_with_a_non_ascii_digit_is_a_400_not_a_crash():
     """Found by fuzz/http_target.py in CI: '²5' passes str.isdigit() but not int()."""
-    import http11
+    from image_gateway.front import http11
     head = b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: \xb25\r\n\r\n"
     with pytest.raises(http11.BadRequest) as refused:
         http11.parse_head(head[:-4])

@@ -18,9 +18,9 @@ import pytest
 import requests
 from PIL import Image
 
-import imaging
 from conftest import DATA, ROOT, config_env, make_config, wait_for
-from redis_server import free_port
+from image_gateway import imaging
+from image_gateway.redis_server import free_port
 
 # What the default model answers for the photos in tests/data (see tests/data/README.md).
 EXPECTED = {"cat.jpg": {"Egyptian_cat", "tabby", "tiger_cat"}, "coffee.jpg": {"espresso", "cup"}}

@@ -43,7 +43,7 @@ def record(name: str, value) -> None:
 @pytest.fixture
 def gateway(redis_url, classifier):
     config = make_config(redis_url, client_timeout=CLIENT_TIMEOUT, client_min_rate=MIN_RATE, request_timeout=10.0)
-    from run_server import create_app
+    from image_gateway.web.app import create_app
     web = ServerThread(create_app(config), config)
     worker = WorkerThread(config, classifier)
     assert normal_predict(web.url)[0] == 200          # warm: the model's first call is slow
@@ -171,7 +171,7 @@ def envelope_of(answer: bytes) -> tuple[int, dict]:
 @pytest.fixture
 def web_only(redis_url):
     config = make_config(redis_url, client_timeout=1.0, request_timeout=0.5)
-    from run_server import create_app
+    from image_gateway.web.app import create_app
     web = ServerThread(create_app(config), config)
     yield web
     web.stop()

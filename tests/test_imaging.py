@@ -18,9 +18,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import errors
-import imaging
-from models import ModelSpec
+from image_gateway import errors, imaging
+from image_gateway.models import ModelSpec
 
 RED, GREEN, BLUE, WHITE = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)
 MAX_PIXELS = 50_000_000
@@ -481,7 +480,8 @@ MEMORY_AFTER_LARGE_DECODES = """
 import io, sys, threading
 from concurrent.futures import ThreadPoolExecutor
 from PIL import Image
-import imaging, models
+from image_gateway import imaging
+from image_gateway import models
 if sys.argv[1] == "bounded":
     imaging.bound_decode_memory(2)
 image = Image.new("RGBA", (6400, 6200), (10, 20, 30, 128))

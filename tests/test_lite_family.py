@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models import efficientnet_lite
-from models.efficientnet_lite import (
+from image_gateway.models import efficientnet_lite
+from image_gateway.models.efficientnet_lite import (
     IGNORED_SUFFIX,
     LITE_VARIANTS,
     block_configs,
@@ -24,8 +24,8 @@ from models.efficientnet_lite import (
     load_efficientnet_lite,
     preprocess_input,
 )
-from models.errors import WeightsError
-from models.torch_weights import read_state_dict
+from image_gateway.models.errors import WeightsError
+from image_gateway.models.torch_weights import read_state_dict
 
 DATA = Path(__file__).parent / "data"
 LABELS_FILE = Path(efficientnet_lite.__file__).with_name("imagenet_classes.txt")

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models import Classifier, get_spec
-from models.litert import (
+from image_gateway.models import Classifier, get_spec
+from image_gateway.models.litert import (
     LiteRTClassifier,
     LiteRTError,
     cache_key,
@@ -26,7 +26,7 @@ from models.litert import (
     source_weights_path,
     write_atomic,
 )
-from models.spec import DEFAULT_MODEL
+from image_gateway.models.spec import DEFAULT_MODEL
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = ROOT / "tests" / "data" / "golden_efficientnet_lite0.npz"
@@ -99,7 +99,7 @@ def test_second_load_reuses_the_cache_without_converting(classifier, tmp_path, m
     def no_conversion(*_args, **_kwargs):
         raise AssertionError("converted again")
 
-    monkeypatch.setattr("models.litert.convert", no_conversion)
+    monkeypatch.setattr("image_gateway.models.litert.convert", no_conversion)
     second = load_litert(classifier, str(tmp_path))
     assert second.model_path == str(cached) and cached.stat().st_mtime_ns == before
     np.testing.assert_array_equal(second.predict(pixels), first.predict(pixels))
@@ -109,7 +109,7 @@ def test_second_load_reuses_the_cache_without_converting(classifier, tmp_path, m
 CHILD = """
 import json, sys
 import numpy as np
-from models.litert import LiteRTClassifier, load_litert_model
+from image_gateway.models.litert import LiteRTClassifier, load_litert_model
 model = load_litert_model(cache_dir=sys.argv[1])
 probabilities = model.predict(np.load(sys.argv[2])["pixels"])
 heavy = sorted(m for m in ("tensorflow", "keras", "jax") if m in sys.modules)
@@ -157,7 +157,7 @@ def test_the_key_follows_weights_converter_and_input_size(monkeypatch):
     spec = get_spec(DEFAULT_MODEL)
     key = cache_key(spec, "a" * 64)
     assert key == cache_key(spec, "a" * 64) != cache_key(spec, "b" * 64)
-    monkeypatch.setattr("models.litert.converter_version", lambda: "9.9.9")
+    monkeypatch.setattr("image_gateway.models.litert.converter_version", lambda: "9.9.9")
     assert cache_key(spec, "a" * 64) != key
     assert cache_path("/c", spec, key) == f"/c/efficientnet_lite0-{key[:32]}.tflite"
 
@@ -184,7 +184,7 @@ def test_a_keras_file_converts_and_falls_back_when_it_cannot(tmp_path, monkeypat
     def refuse(classifier, *_args):
         raise LiteRTError("no")
 
-    monkeypatch.setattr("models.litert.convert", refuse)
+    monkeypatch.setattr("image_gateway.models.litert.convert", refuse)
     fallback = load_litert_model(model_path, str(tmp_path / "other"), labels_path=labels, fallback=True)
     assert isinstance(fallback, Classifier)
     assert np.abs(lite.predict(batch) - fallback.predict(batch)).max() < TOLERANCE

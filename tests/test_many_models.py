@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 import requests
 
-import processes
 from conftest import ARTIFACTS, DATA, ServerThread, make_config, start_worker_process, wait_for
+from image_gateway import processes
 
 LABELS = ("alpha", "beta", "gamma")
 
@@ -59,8 +59,8 @@ class Gateway:
     """The web tier over HTTP plus a ModelHost (worker threads) in this process."""
 
     def __init__(self, config):
-        from model_host import start_workers
-        from run_server import create_app
+        from image_gateway.web.app import create_app
+        from image_gateway.worker.host import start_workers
         self.host = start_workers(config)
         self.web = ServerThread(create_app(config), config)
         self.url = self.web.url
@@ -297,7 +297,7 @@ def test_loading_and_unloading_a_version_20_times_does_not_leak(redis_url, tmp_p
 def child_has_live_v2(redis_url: str) -> bool:
     import redis as redis_module
 
-    import protocol
+    from image_gateway import protocol
     queue = protocol.JobQueue(redis_module.Redis.from_url(redis_url), "toy", "gw", "2")
     return bool(queue.live_workers(60))
 

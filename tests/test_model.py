@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models import WeightsError, load_model
-from models.efficientnet_lite import (
+from image_gateway.models import WeightsError, load_model
+from image_gateway.models.efficientnet_lite import (
     IGNORED_SUFFIX,
     block_configs,
     build_model,
@@ -22,7 +22,7 @@ from models.efficientnet_lite import (
     keras_weights_from_state_dict,
     preprocess_input,
 )
-from models.torch_weights import LEGACY_MAGIC, LEGACY_PROTOCOL, read_state_dict
+from image_gateway.models.torch_weights import LEGACY_MAGIC, LEGACY_PROTOCOL, read_state_dict
 
 DATA = Path(__file__).parent / "data"
 GOLDEN = DATA / "golden_efficientnet_lite0.npz"

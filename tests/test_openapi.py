@@ -101,7 +101,7 @@ def test_every_route_is_documented_with_its_errors(live_gateway):
 
 def test_what_schemathesis_and_probing_found_stays_fixed(live_gateway):
     """Found while checking the contract: each answered 500 INTERNAL_ERROR before its fix."""
-    from web.openapi import example_png
+    from image_gateway.web.openapi_operations import example_png
     url = live_gateway.url
     huge = requests.post(url + "/predict", data=f'{{"image": "{example_png()}", "top_k": 1e400}}', timeout=10,
                          headers={"Content-Type": "application/json"})

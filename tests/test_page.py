@@ -219,7 +219,7 @@ def test_page_works_under_a_path_prefix(redis_url, classifier, new_page):
     from werkzeug.exceptions import NotFound
     from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
-    from run_server import create_app
+    from image_gateway.web.app import create_app
     config = make_config(redis_url)
     web = ServerThread(DispatcherMiddleware(NotFound(), {"/gateway": create_app(config)}), config)
     worker = WorkerThread(config, classifier)

@@ -15,9 +15,8 @@ import requests
 from PIL import Image
 from test_many_models import Gateway
 
-import imaging
-import processes
 from conftest import ARTIFACTS, DATA, make_config, start_worker_process, wait_for
+from image_gateway import imaging, processes
 
 ASTRONAUT = (DATA / "astronaut.jpg").read_bytes()
 

@@ -11,8 +11,8 @@ from PIL import Image
 from poison_worker import POISON_VALUE
 from test_gateway import variants
 
-import processes
 from conftest import ARTIFACTS, ROOT, config_env, make_config, wait_for
+from image_gateway import processes
 
 
 def png(color) -> bytes:

@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 
-import protocol
+from image_gateway import protocol
 
 
 def make_job(job_id: str, deadline_in_s: float = 30.0, dtype=np.uint8, attempts: int = 0) -> protocol.Job:

@@ -23,9 +23,9 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 from test_many_models import publish_version
 
-import protocol
 from conftest import ARTIFACTS, DATA, ServerThread, make_config, wait_for
-from redis_server import RedisCluster
+from image_gateway import protocol
+from image_gateway.redis_server import RedisCluster
 
 LITE = "efficientnet_lite0"
 # Top-1 of the test photos (tests/test_model.py's golden answers; the cat is any of ImageNet's three cats).
@@ -62,7 +62,7 @@ def master_addresses(cluster: RedisCluster) -> list[str]:
 def served(cluster, tmp_path_factory):
     """Workers (a ModelHost in this process, REDIS_CLUSTER=1) for efficientnet_lite0 and a toy repository
     model whose queue is on another master."""
-    from model_host import start_workers
+    from image_gateway.worker.host import start_workers
     repository = tmp_path_factory.mktemp("repository")
     lite_master = cluster.master_of(queue_key(LITE))
     other = next(address for address in master_addresses(cluster) if address != lite_master)
@@ -88,7 +88,7 @@ def serving(url: str, *names: str) -> bool:
 
 # ------------------------------------------------------------------------- answers, shards, keys
 def test_two_models_on_two_masters_answer_right_and_keep_their_keys_on_their_shard(cluster, served):
-    from run_server import create_app
+    from image_gateway.web.app import create_app
     web = ServerThread(create_app(served.config), served.config)
     try:
         wait_for(lambda: serving(web.url, LITE, served.toy), 120, 0.2, "both models READY")
@@ -187,7 +187,7 @@ class Load:
 
 @pytest.mark.parametrize("replicas", [0, 1], ids=["ENQUEUE_REPLICAS=0", "ENQUEUE_REPLICAS=1"])
 def test_kill_9_of_a_queue_master_under_load_fails_over_by_itself(replicas, cluster, served):
-    from run_server import create_app
+    from image_gateway.web.app import create_app
     config = dataclasses.replace(served.config, enqueue_replicas=replicas)
     web = ServerThread(create_app(config), config)
     wait_for(lambda: serving(web.url, LITE), 60, 0.2, "the model READY")

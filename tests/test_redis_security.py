@@ -23,7 +23,7 @@ import redis
 import requests
 
 from conftest import DATA, make_config, wait_for
-from redis_server import free_port
+from image_gateway.redis_server import free_port
 
 REDIS_BIN = os.environ.get("REDIS_TLS_SERVER_BIN", "/usr/bin/redis-server")
 PASSWORD = "s3cret-gateway-pw"
@@ -179,7 +179,7 @@ def test_the_gateway_user_may_not_administer_redis(tls_redis):
 
 
 def test_a_web_tier_with_bad_credentials_is_not_ready(tls_redis):
-    from run_server import create_app
+    from image_gateway.web.app import create_app
     app = create_app(make_config(tls_redis.url(password="wrong-password")))
     response = app.test_client().get("/readyz")
     assert response.status_code == 503 and response.get_json()["reason"] == "redis unreachable"

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models import (
+from image_gateway.models import (
     ModelError,
     ModelNotFoundError,
     WeightsError,
@@ -21,7 +21,7 @@ from models import (
     known_models,
     load_model,
 )
-from models.spec import KERAS_APPS
+from image_gateway.models.spec import KERAS_APPS
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -18,8 +18,8 @@ import requests
 from PIL import Image
 from test_gateway import variants
 
-import processes
 from conftest import ARTIFACTS, DATA, ServerThread, make_config, start_worker_process, wait_for
+from image_gateway import processes
 
 
 def submit(url: str, images: list[bytes], timeout: float = 120, **fields) -> requests.Response:
@@ -141,7 +141,7 @@ def test_interactive_requests_keep_their_latency_while_a_600_image_task_runs(red
 
 
 def test_a_task_survives_a_worker_kill_and_a_web_server_restart(redis_url, gateway_factory):
-    from run_server import create_app
+    from image_gateway.web.app import create_app
     config = make_config(redis_url, heartbeat_ttl=1.0, task_lease_s=1.0)
     web = ServerThread(create_app(config), config)
     worker = start_worker_process(config, ARTIFACTS / "task-worker-1.log")

@@ -19,8 +19,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-import urlfetch
-from urlfetch import UrlFetchFailed, UrlNotAllowed, UrlPolicy, UrlTooLarge, fetch_image, parse_allowlist
+from image_gateway import urlfetch
+from image_gateway.urlfetch import UrlFetchFailed, UrlNotAllowed, UrlPolicy, UrlTooLarge, fetch_image, parse_allowlist
 
 IMAGE = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 8
 LOOPBACK = UrlPolicy(allowlist=("127.0.0.0/8",), timeout_s=3.0, max_bytes=4096)

@@ -24,7 +24,7 @@ PHOTOS = ("cat", "coffee", "motorcycle", "rocket", "astronaut")
 @pytest.fixture(scope="module")
 def gateway(redis_server, classifier):
     """One gateway for the module: the embedded web server and one worker thread with the default model."""
-    from run_server import create_app
+    from image_gateway.web.app import create_app
     config = make_config(redis_server.url, key_prefix="v2test", request_timeout=60.0)
     web = ServerThread(create_app(config), config)
     worker = WorkerThread(config, classifier)

@@ -3,7 +3,7 @@ import os
 import threading
 import time
 
-from worker import Claimed, lower_priority
+from image_gateway.worker.loop import Claimed, lower_priority
 
 
 def test_take_returns_the_oldest_items_up_to_count():

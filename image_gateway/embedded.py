@@ -1,0 +1,77 @@
+"""The one-command default, `python run_server.py`: its own redis-server, worker threads, a web server.
+
+With REDIS_URL set it uses that Redis instead; `--no-worker` serves the web tier alone. The web
+server is front.server.Front: an asyncio front that reads each request whole before a thread runs the
+app, so slow and idle clients never hold a thread (CLIENT_TIMEOUT, CLIENT_MIN_RATE).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import signal
+import threading
+
+from flask import Flask
+
+from image_gateway import settings as settings_module
+from image_gateway import startup
+from image_gateway.front.server import Front
+from image_gateway.settings import Settings
+from image_gateway.web.app import create_app
+
+log = logging.getLogger("gateway.web")
+
+
+def main(argv: list[str] | None = None) -> None:
+    config = settings_module.load()
+    parser = argparse.ArgumentParser(description="Image-recognition gateway (embedded default)")
+    parser.add_argument("--host", default=config.host, help="bind address (HOST)")
+    parser.add_argument("--port", type=int, default=config.port, help="port (PORT)")
+    parser.add_argument("--no-worker", action="store_true", help="web tier only: no model in this process")
+    args = parser.parse_args(argv)
+    config = dataclasses.replace(config, host=args.host, port=args.port)
+    startup.prepare(config, web=True, worker=not args.no_worker)
+    embedded_redis = None
+    if not config.redis_url:
+        from image_gateway.redis_server import RedisServer
+        embedded_redis = RedisServer(config.redis_server_bin).start()
+        config = dataclasses.replace(config, redis_url=embedded_redis.url)
+        log.info("embedded redis-server started at %s", embedded_redis.url)
+    workers = None
+    if not args.no_worker:
+        from image_gateway.worker.host import start_workers
+        workers = start_workers(config)
+    try:
+        app = create_app(config)
+        app.extensions["feeder"].start()
+        serve(app, config)
+    finally:
+        if workers:
+            workers.stop(config.request_timeout)
+        if embedded_redis:
+            embedded_redis.close()
+
+
+def make_server(app, config: Settings) -> Front:
+    """The embedded web server: `.prepare()` binds, `.serve()` runs until `.stop()` (from another thread)."""
+    return Front(app, config)
+
+
+def serve(app: Flask, config: Settings) -> None:
+    """Serve until SIGINT/SIGTERM, then stop accepting and let the requests in flight finish."""
+    server = make_server(app, config)
+    # stop() waits for the loop that the main thread runs, so it needs a thread of its own.
+    stopper = threading.Thread(target=server.stop, name="server-stop")
+
+    def stop(*_):
+        if stopper.ident is None:      # the first signal starts the stop; later ones change nothing
+            stopper.start()
+
+    server.prepare()                   # binds; the stop below needs a prepared server
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    log.info("serving on http://%s:%d", config.host, config.port)
+    print(f"Serving on http://{config.host}:{config.port}  (Ctrl-C to stop)", flush=True)
+    server.serve()
+    stopper.join()

