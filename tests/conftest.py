@@ -75,6 +75,9 @@ class ServerThread:
 
     def __init__(self, app, config):
         from image_gateway.embedded import make_server
+        feeder = getattr(app, "extensions", {}).get("feeder")
+        if feeder:
+            feeder.start()                   # as the embedded default does: create_app starts no thread
         self.port = free_port()
         self.server = make_server(app, dataclasses.replace(config, host="127.0.0.1", port=self.port))
         self.server.prepare()

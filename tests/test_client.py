@@ -222,5 +222,5 @@ def test_console_scripts_name_functions_that_return_exit_codes():
     for target in scripts.values():
         module, function = target.split(":")
         assert callable(getattr(importlib.import_module(module), function))
-    from image_gateway.client import images as simple_request
-    assert simple_request.main(["--list-models", "--url", f"http://127.0.0.1:{free_port()}"]) == 1
+    from image_gateway.client import cli
+    assert cli.main(["--list-models", "--url", f"http://127.0.0.1:{free_port()}"]) == 1

@@ -19,6 +19,7 @@ from test_gateway import CountingClassifier, expected_top, variants
 from conftest import ARTIFACTS, DATA, ServerThread, WorkerThread, make_config, start_worker_process, wait_for
 from image_gateway import protocol
 from image_gateway.redis_server import RedisServer
+from image_gateway.web.app import create_app
 
 
 def post_bytes(url: str, payload: bytes, timeout: float = 60, **kwargs) -> requests.Response:
@@ -102,7 +103,7 @@ def test_expired_jobs_are_dropped_not_predicted(redis_url, redis_client, classif
 def test_redis_restart_under_load_gives_503_then_recovers(classifier):
     server = RedisServer().start()
     config = make_config(server.url, request_timeout=5.0)
-    web = ServerThread(__import__("image_gateway.web.app").web.app.create_app(config), config)
+    web = ServerThread(create_app(config), config)
     worker = WorkerThread(config, classifier)
     statuses: list[tuple[int, str | None]] = []
     stop = threading.Event()
@@ -143,7 +144,7 @@ def test_password_protected_redis_through_redis_url(classifier):
     with RedisServer(extra_args=("--requirepass", "s3cret-pw")) as server:
         url = f"redis://:s3cret-pw@127.0.0.1:{server.port}/0"
         config = make_config(url)
-        web = ServerThread(__import__("image_gateway.web.app").web.app.create_app(config), config)
+        web = ServerThread(create_app(config), config)
         worker = WorkerThread(config, classifier)
         try:
             response = post_bytes(web.url, (DATA / "cat.jpg").read_bytes())

@@ -13,7 +13,8 @@ from image_gateway.models.spec import DEFAULT_MODEL, DETECTOR_NAME, KERAS_APPS, 
 
 
 def keras_cache_path(file_name: str) -> str:
-    """Where Keras caches downloaded weights: $KERAS_HOME/models or ~/.keras/models."""
+    """Where Keras caches downloaded weights: $KERAS_HOME/models or ~/.keras/models (Keras' own lookup;
+    the KERAS_HOME setting is exported for Keras by image_gateway.startup)."""
     home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
     return os.path.join(home, "models", file_name)
 

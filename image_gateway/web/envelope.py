@@ -12,6 +12,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from image_gateway import errors, metrics
 from image_gateway.errors import GatewayError
+from image_gateway.web.jobs import Call
 from image_gateway.web.resources import gateway
 
 log = logging.getLogger("gateway.web")
@@ -30,9 +31,15 @@ def init_app(app: Flask) -> None:
 
 def start_request() -> None:
     g.started = time.perf_counter()
+    g.deadline = time.time() + gateway().config.request_timeout    # every deadline starts on arrival
     supplied = request.headers.get("X-Request-ID", "")
     g.trace_id = supplied if TRACE_ID.match(supplied) else uuid.uuid4().hex
     g.job_id = None
+
+
+def current_call() -> Call:
+    """The request's context, built once by its route and passed down the request path."""
+    return Call(gateway(), g.trace_id, g.deadline)
 
 
 def finish_request(response: Response) -> Response:

@@ -15,14 +15,13 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import redis
-from flask import Flask, g
+from flask import Flask
 
 from image_gateway import errors, protocol
 from image_gateway.errors import GatewayError
-from image_gateway.web.jobs import new_job, submit, wait
-from image_gateway.web.pipelines import run_plan
-from image_gateway.web.predict import model_input
-from image_gateway.web.resources import gateway
+from image_gateway.web.jobs import Call, model_input, new_job, output, submit
+from image_gateway.web.plan_runner import run_plan
+from image_gateway.web.resources import Gateway
 from image_gateway.web.uploads import Upload
 
 log = logging.getLogger("gateway.tasks")
@@ -85,9 +84,7 @@ class Feeder:
 
     def _run_unit(self, task_id: str, unit: str, meta: dict) -> None:
         try:
-            with self.app.app_context():
-                g.trace_id, g.job_id = task_id, None
-                result = run_unit(self.store, task_id, unit, meta)
+            result = run_unit(self.app.extensions["gateway"], task_id, unit, meta)
             self.store.finish(task_id, unit, result)
         except Exception:          # Redis down mid-unit: the next lease holder feeds it again
             log.exception("task %s unit %s failed", task_id, unit)
@@ -96,34 +93,31 @@ class Feeder:
             self.woken.set()
 
 
-def run_unit(store: protocol.TaskStore, task_id: str, unit: str, meta: dict) -> dict:
+def run_unit(gw: Gateway, task_id: str, unit: str, meta: dict) -> dict:
     """One image through one model or pipeline: the result as a task reports it."""
     index_text, target = unit.split("/", 1)
     index = int(index_text)
     head = {"index": index, "filename": json.loads(meta["filenames"])[index]}
-    data = store.image(task_id, index)
+    data = gw.tasks.image(task_id, index)
     if data is None:
         return {**head, "success": False, "error": {"code": errors.TASK_NOT_FOUND.code,
                                                     "message": "the image is gone (task cancelled or expired)"}}
     upload = Upload(data, json.loads(meta["options"])["top_k"])
     try:
-        return {**head, "success": True, **answer(upload, target)}
+        return {**head, "success": True, **answer(gw, upload, target)}
     except GatewayError as exc:
         return {**head, **({"model": target} if ":" not in target else {"pipeline": target.split(":", 1)[1]}),
                 "success": False, "error": {"code": exc.code, "message": exc.message}}
 
 
-def answer(upload, target: str) -> dict:
-    """The fields a /predict (or pipeline) answer would carry, queued as bulk work."""
-    gw = gateway()
-    deadline = time.time() + gw.config.request_timeout
+def answer(gw: Gateway, upload, target: str) -> dict:
+    """The fields a /predict (or pipeline) answer would carry, queued as bulk work. Each unit has a
+    trace id of its own: the task's id is the client's capability to read its results, not a log field."""
+    call = Call(gw, uuid.uuid4().hex, time.time() + gw.config.request_timeout, bulk=True)
     if target.startswith("pipeline:"):
         name = target.split(":", 1)[1]
-        return {"pipeline": name, **run_plan(gw.plans[name], upload, deadline, bulk=True)}
+        return {"pipeline": name, **run_plan(call, gw.plans[name], upload)}
     served = gw.router.resolve(target, None)
-    array, params = model_input(upload.data, served.spec)
-    job = submit(served, new_job(served, array, deadline, upload.top_k, params), bulk=True)
-    result = wait(served, job, f"model {served.name}")
-    if not result.success:
-        raise GatewayError(errors.by_code(result.error["code"]), result.error["message"])
-    return {"model": served.name, "version": served.version, **result.output}
+    array, params = model_input(call, upload.data, served.spec)
+    job = submit(call, served, new_job(call, served, array, upload.top_k, params))
+    return {"model": served.name, "version": served.version, **output(call, served, job)}

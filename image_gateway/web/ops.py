@@ -47,7 +47,7 @@ def status():
 
 @bp.get("/metrics")
 def prometheus():
-    body, content_type = metrics.render(gateway().collector)
+    body, content_type = metrics.render(gateway().collector, gateway().config.prometheus_multiproc_dir)
     return Response(body, content_type=content_type)
 
 

@@ -1,15 +1,12 @@
 """POST /predict and /v1/models/<name>[/versions/<v>]/predict: upload -> pixels -> queue -> result."""
 from __future__ import annotations
 
-import time
-
-import numpy as np
 from flask import Blueprint, g, jsonify
 
-from image_gateway import errors, imaging, metrics, protocol
+from image_gateway import errors, metrics, protocol
 from image_gateway.errors import GatewayError
-from image_gateway.web.jobs import new_job, refuse_when_full, submit, wait
-from image_gateway.web.resources import gateway
+from image_gateway.web.envelope import current_call
+from image_gateway.web.jobs import model_input, new_job, refuse_when_full, submit, wait
 from image_gateway.web.routing import Served
 from image_gateway.web.uploads import cache_digest, check_api_key, read_upload
 
@@ -20,29 +17,20 @@ bp = Blueprint("predict", __name__)
 @bp.post("/v1/models/<name>/predict")
 @bp.post("/v1/models/<name>/versions/<version>/predict")
 def predict(name: str | None = None, version: str | None = None):
-    gw = gateway()
+    call = current_call()
     g.job_id = protocol.new_job_id()       # every answer, cached or failed, carries its own id
-    check_api_key(gw.config)
-    upload = read_upload(gw.config)
-    served = gw.router.resolve(name or upload.model, version or upload.version)
-    digest = cache_digest(upload.data, upload.top_k) if gw.config.cache_ttl > 0 else None
+    check_api_key(call.config)
+    upload = read_upload(call.config)
+    served = call.gw.router.resolve(name or upload.model, version or upload.version)
+    digest = cache_digest(upload.data, upload.top_k) if call.config.cache_ttl > 0 else None
     cached, depth = served.queue.cached_and_depth(digest)
     if cached:
         metrics.CACHE_HITS.inc()
         return answer(cached, served)
-    refuse_when_full(depth)
-    array, params = model_input(upload.data, served.spec)
-    job = new_job(served, array, time.time() + gw.config.request_timeout, upload.top_k, params, digest, g.job_id)
-    return answer(wait(served, submit(served, job)), served)
-
-
-def model_input(data: bytes, spec) -> tuple[np.ndarray, dict]:
-    """A classifier's square, or a detector's working image with what maps its boxes back."""
-    config = gateway().config
-    if spec.kind == "detector":
-        image = imaging.decode_image(data, max_pixels=config.max_image_pixels)
-        return imaging.working_image(image, config.detect_max_side)
-    return imaging.prepare_image(data, spec, max_pixels=config.max_image_pixels), {}
+    refuse_when_full(call, depth)
+    array, params = model_input(call, upload.data, served.spec)
+    job = new_job(call, served, array, upload.top_k, params, digest, g.job_id)
+    return answer(wait(call, served, submit(call, served, job)), served)
 
 
 def answer(result: protocol.Result, served: Served):

@@ -37,8 +37,8 @@ from werkzeug.exceptions import HTTPException
 from image_gateway import errors, metrics, protocol
 from image_gateway.errors import GatewayError
 from image_gateway.protocol.catalog import READY
-from image_gateway.web.jobs import new_job, submit, wait
-from image_gateway.web.predict import model_input
+from image_gateway.web.envelope import current_call
+from image_gateway.web.jobs import model_input, new_job, output, submit
 from image_gateway.web.resources import gateway
 from image_gateway.web.routing import Served, newest
 from image_gateway.web.uploads import check_api_key
@@ -179,7 +179,8 @@ def labels_of(served: Served) -> tuple[str, ...]:
 @bp.post("/v2/models/<name>/infer")
 @bp.post("/v2/models/<name>/versions/<version>/infer")
 def infer(name: str, version: str | None = None):
-    gw = gateway()
+    call = current_call()
+    gw = call.gw
     g.job_id = protocol.new_job_id()
     check_api_key(gw.config)
     header, tail = read_request()
@@ -189,22 +190,14 @@ def infer(name: str, version: str | None = None):
     inputs = []
     for index, data in enumerate(images):
         try:
-            inputs.append(model_input(data, served.spec))
+            inputs.append(model_input(call, data, served.spec))
         except GatewayError as exc:
             raise GatewayError(exc.error, f"input 'image' element {index}: {exc.message}", exc.headers) from None
     top_k = len(labels_of(served)) or ALL_CLASSES if served.spec.kind == "classifier" else 1
-    deadline = time.time() + gw.config.request_timeout
-    jobs = [submit(served, new_job(served, array, deadline, top_k, params)) for array, params in inputs]
-    answers = [job_output(served, job) for job in jobs]
+    jobs = [submit(call, served, new_job(call, served, array, top_k, params)) for array, params in inputs]
+    answers = [output(call, served, job) for job in jobs]
     tensors = detector_tensors(answers) if served.spec.kind == "detector" else classifier_tensors(answers, outputs)
     return respond(header, served, [(tensors[out_name], binary) for out_name, (binary, _) in outputs.items()])
-
-
-def job_output(served: Served, job: protocol.Job) -> dict:
-    result = wait(served, job)
-    if not result.success:
-        raise GatewayError(errors.by_code(result.error["code"]), result.error["message"])
-    return result.output
 
 
 def read_request() -> tuple[dict, bytes]:

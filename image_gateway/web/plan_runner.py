@@ -1,0 +1,67 @@
+"""Running a pipeline's plan on one image: every step on the same queues and workers as /predict.
+
+One deadline (the call's) covers the whole pipeline; all crops of an image (or all models of a
+fan-out) are queued together, so they batch. A step that fails fails the request (500
+PIPELINE_STEP_FAILED, or 504 TIMEOUT) with the step named: never a partial answer that looks complete.
+"""
+from __future__ import annotations
+
+from image_gateway import errors, imaging, protocol
+from image_gateway.errors import GatewayError
+from image_gateway.web.jobs import Call, model_input, new_job, submit, wait
+from image_gateway.web.plans import DetectThenClassify, FanOut, Plan
+from image_gateway.web.routing import Served
+
+
+def run_plan(call: Call, plan: Plan, upload) -> dict:
+    """The pipeline's answer fields (a task's call queues its jobs as bulk work)."""
+    runner = fan_out if isinstance(plan, FanOut) else detect_then_classify
+    return runner(call, plan, upload)
+
+
+def step_output(call: Call, served: Served, job: protocol.Job, step: str) -> dict:
+    """A step's answer fields, or the request fails naming the step."""
+    result = wait(call, served, job, step)
+    if not result.success:
+        raise GatewayError(errors.PIPELINE_STEP_FAILED, f"{step} failed: {result.error['code']}: "
+                           f"{result.error['message']}")
+    return result.output
+
+
+def detect_then_classify(call: Call, plan: DetectThenClassify, upload) -> dict:
+    router = call.gw.router
+    detector, classifier = router.resolve(plan.detector, None), router.resolve(plan.classifier, None)
+    image = imaging.decode_image(upload.data, max_pixels=call.config.max_image_pixels)
+    pixels, params = imaging.working_image(image, call.config.detect_max_side)
+    found = step_output(call, detector, submit(call, detector, new_job(call, detector, pixels, 1, params)),
+                        f"step 1 (detect with {detector.name})")["detections"]
+    kept = [d for d in found if d["score"] >= plan.min_score and (not plan.labels or d["label"] in plan.labels)]
+    kept = kept[:plan.max_detections]
+    boxes = [imaging.crop_box(d["box"], plan.margin, image.size) for d in kept]
+    spec, top_k = classifier.spec, plan.top_k or upload.top_k
+    jobs = [submit(call, classifier, new_job(call, classifier, imaging.resize_center_crop(
+        image.crop(box), size=spec.input_size, crop_fraction=spec.crop_fraction, resample=spec.resample),
+        top_k)) for box in boxes]
+    step = f"step 2 (classify with {classifier.name})"
+    detections = [{**detection, "crop_box": list(box),
+                   "predictions": step_output(call, classifier, job, step)["predictions"]}
+                  for detection, box, job in zip(kept, boxes, jobs, strict=True)]
+    return {"models": {"detect": describe(detector), "classify": describe(classifier)}, "detections": detections}
+
+
+def fan_out(call: Call, plan: FanOut, upload) -> dict:
+    router = call.gw.router
+    names = plan.models or [name for name, versions in sorted(router.view().items())
+                            if next(iter(versions.values())).spec.kind == "classifier"]
+    targets = [router.resolve(name, None) for name in names]
+    jobs = []
+    for served in targets:
+        array, params = model_input(call, upload.data, served.spec)
+        jobs.append(submit(call, served, new_job(call, served, array, upload.top_k, params)))
+    return {"results": {served.name: {"success": True, **describe(served),
+                                      **step_output(call, served, job, f"model {served.name}")}
+                        for served, job in zip(targets, jobs, strict=True)}}
+
+
+def describe(served: Served) -> dict:
+    return {"model": served.name, "version": served.version}
