@@ -53,6 +53,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--overload", action="store_true", help="the overload mode instead (bench/overload.py; "
                         "`python -m bench --overload --help` for its options)")
     parser.add_argument("--soak", metavar="MINUTES", help="the soak of the cluster layout instead (bench/soak.py)")
+    parser.add_argument("--hostile", action="store_true", help="worst-case requests and the web process' peak "
+                        "RSS instead (bench/hostile.py; `python -m bench --hostile --help`)")
     parser.add_argument("--compare-runtime", choices=settings_module.RUNTIMES, metavar="RUNTIME",
                         help="then the same raw baseline, pipeline and sweep with the gateway on RUNTIME "
                              "(e.g. tensorflow), reported side by side")
@@ -183,6 +185,10 @@ def main(argv: list[str] | None = None) -> None:
     if "--soak" in argv or any(arg.startswith("--soak=") for arg in argv):
         from bench import soak
         return soak.main(argv)
+    if "--hostile" in argv:
+        from bench import hostile
+        hostile.main([arg for arg in argv if arg != "--hostile"])
+        return None
     args = parse_args(argv)
     config = settings_module.load()
     spec = models.get_spec(config.model, weights_path=config.model_weights, labels_path=config.model_labels)

@@ -13,6 +13,9 @@ from image_gateway import processes
 from image_gateway.redis_server import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
+# Every client of a bench run comes from 127.0.0.1: MAX_CONNECTIONS_PER_PEER would refuse its 64-client
+# levels. A throwaway Redis: a bench leaves no data folder behind.
+BENCH_ENV = {"MAX_CONNECTIONS_PER_PEER": "0", "DATA_DIR": ""}
 
 
 class Gateway:
@@ -30,7 +33,7 @@ class Gateway:
         """Start it and wait until GET /readyz is 200; SystemExit with its log if it exits or never gets ready."""
         command = [sys.executable, "run_server.py", "--host", "127.0.0.1", "--port", str(self.port)]
         self.process = processes.start(command, log_path=self.log_path, cwd=ROOT,
-                                       env={**os.environ, **self.env, "PYTHONUNBUFFERED": "1"})
+                                       env={**os.environ, **BENCH_ENV, **self.env, "PYTHONUNBUFFERED": "1"})
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

@@ -3,6 +3,7 @@
     python -m fuzz.image_target -max_total_time=1800 fuzz/corpus/image       # imaging.prepare_image
     python -m fuzz.request_target -max_total_time=1800 fuzz/corpus/request   # multipart/JSON through the app
     python -m fuzz.http_target -max_total_time=1800 fuzz/corpus/http         # the embedded server's HTTP parser
+    python -m fuzz.weights_target -max_total_time=1800 fuzz/corpus/weights   # the PyTorch weights reader
     python -m fuzz.make_corpus                                               # rebuild the seed corpora
 
 A finding is an exception other than errors.GatewayError (image path), a 500 INTERNAL_ERROR or an

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import atheris
 
-with atheris.instrument_imports(include=["http11"]):
+with atheris.instrument_imports(include=["image_gateway.front.http11"]):
     from image_gateway.front import http11
 
 from fuzz import Finding, run  # noqa: E402

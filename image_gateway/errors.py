@@ -37,6 +37,7 @@ MODEL_NOT_FOUND = ErrorCode("MODEL_NOT_FOUND", 404, "no model of that name is se
 MODEL_VERSION_NOT_FOUND = ErrorCode("MODEL_VERSION_NOT_FOUND", 404, "the model has no such version (or it was removed)")
 TASK_NOT_FOUND = ErrorCode("TASK_NOT_FOUND", 404, "no task with that id (unknown, or expired and gone)")
 TASK_TOO_LARGE = ErrorCode("TASK_TOO_LARGE", 413, "the task has more than MAX_TASK_IMAGES images")
+BATCH_TOO_LARGE = ErrorCode("BATCH_TOO_LARGE", 413, "the inference request has more than MAX_BATCH_IMAGES images")
 PIPELINE_NOT_FOUND = ErrorCode("PIPELINE_NOT_FOUND", 404, "no pipeline of that name (GET /v1/pipelines lists them)")
 PIPELINE_STEP_FAILED = ErrorCode("PIPELINE_STEP_FAILED", 500, "a step of the pipeline failed; the message names it")
 MODEL_UNAVAILABLE = ErrorCode("MODEL_UNAVAILABLE", 503, "the model version failed to load or has no live worker")

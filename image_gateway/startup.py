@@ -21,6 +21,6 @@ def prepare(config: Settings, *, web: bool, worker: bool) -> None:
         os.environ["KERAS_HOME"] = os.path.expanduser(config.keras_home)
     logs.setup(config)
     if web:
-        imaging.bound_decode_memory(config.max_large_decodes)
+        imaging.bound_decode_memory(config.max_large_decodes, config.decode_budget_mp)
     if worker:
         set_framework_threads(config)

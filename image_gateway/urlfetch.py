@@ -7,13 +7,17 @@ name, so DNS rebinding cannot slip through. Refused unless allowlisted: loopback
 (169.254.169.254), shared 100.64/10, multicast, reserved, unspecified, documentation ranges, IPv6
 unique-local and link-local; IPv6 forms embedding IPv4 (mapped, compatible, 6to4, NAT64) are judged by it.
 
-``URL_ALLOWLIST`` ADDS to the public internet: every public address is allowed, and the list admits
-internal sources besides. A host entry (``img.example.com``, or ``*.example.com`` for subdomains but not
-the apex) admits that host whatever it resolves to; an IP/CIDR entry admits addresses inside it. Loopback
-stays refused unless listed.
+``URL_ALLOWLIST`` ADDS to the public internet: every public address is allowed, and the list's IP/CIDR
+entries admit the internal addresses inside them besides. A host-name entry (``img.example.com``, or
+``*.example.com`` for subdomains but not the apex) matches host names only, never an IP literal in any
+spelling, and admits no address: a listed name must still resolve to public addresses or into a listed
+network (so a name whose DNS an attacker controls, or a wildcard over such names, cannot reach loopback,
+169.254.169.254 or the LAN). To fetch from an internal host, list its address or network. Loopback stays
+refused unless a CIDR entry lists it.
 
 One deadline covers connect, TLS, headers and body; the size cap holds while streaming; identity encoding
-only; no cookies, no proxies. Errors name the host and the reason, never the body.
+only; no cookies, no proxies. Errors name the host and the reason, never the body, and never what a
+host name resolved to (an IP literal's own kind of address is named: the client sent it).
 """
 from __future__ import annotations
 
@@ -25,6 +29,7 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import quote, urljoin, urlsplit
 
@@ -73,7 +78,9 @@ class _Target:
 
 
 def parse_allowlist(raw: str) -> tuple[str, ...]:
-    """Parse ``URL_ALLOWLIST`` (comma-separated hosts, ``*.`` wildcards, IPs, CIDRs); ValueError if invalid."""
+    """Parse ``URL_ALLOWLIST`` (comma-separated hosts, ``*.`` wildcards, IPs, CIDRs); ValueError if invalid,
+    including an address in an odd spelling (``127.1``, ``2130706433``): it would be neither a name nor a
+    network, so it is refused rather than silently never matching."""
     entries = []
     for item in (part.strip().lower().rstrip(".") for part in raw.split(",")):
         if not item:
@@ -83,8 +90,24 @@ def parse_allowlist(raw: str) -> tuple[str, ...]:
         except ValueError:
             if "/" in item or not _ENTRY_RE.fullmatch(item):
                 raise ValueError(f"URL_ALLOWLIST entry {item!r} is neither a host name nor a CIDR") from None
+            if _literal(item) is not None:
+                raise ValueError(f"URL_ALLOWLIST entry {item!r} is an IP address in an odd spelling; "
+                                 f"write it as {_literal(item)}") from None
             entries.append(item)
     return tuple(entries)
+
+
+def _literal(host: str) -> IPAddress | None:
+    """The address an IP-literal host means (IPv4 in any inet_aton spelling: ``2130706433``, ``0x7f.1``), or
+    None for a host name."""
+    with contextlib.suppress(OSError, ValueError):
+        return ipaddress.IPv6Address(host) if ":" in host else ipaddress.IPv4Address(socket.inet_aton(host))
+    return None
+
+
+def _name_listed(host: str, entries: tuple[str, ...]) -> bool:
+    """Whether host name `host` matches a name entry (``*.example.com``: a subdomain, not the apex)."""
+    return any(e == host or (e.startswith("*.") and host.endswith(e[1:])) for e in entries if "/" not in e)
 
 
 def _embedded_ipv4(ip: IPAddress) -> ipaddress.IPv4Address | None:
@@ -110,24 +133,27 @@ def _refusal_reason(ip: IPAddress) -> str | None:
 
 
 def _admitted(host: str, addrs: tuple[IPAddress, ...], allowlist: tuple[str, ...]) -> None:
-    """Raise UrlNotAllowed unless every address is public or inside a listed network; a listed host
-    name is admitted whatever it resolves to."""
+    """The guard's decision: raise UrlNotAllowed unless every address of `host` is public or inside a listed
+    network. Name entries admit no address; for a host name the message says neither the address nor its
+    kind (only that it is not public), so the guard cannot be used to map internal names."""
     entries = parse_allowlist(",".join(allowlist))
-    if any(e == host or (e.startswith("*.") and host.endswith(e[1:])) for e in entries):
-        return
     nets = [ipaddress.ip_network(e) for e in entries if "/" in e]
     for ip in addrs:
         forms = [f for f in (ip, _embedded_ipv4(ip)) if f is not None]
         if any(f.version == n.version and f in n for f in forms for n in nets):
             continue
-        if (reason := _refusal_reason(ip)) is not None:
+        if (reason := _refusal_reason(ip)) is None:
+            continue
+        if _literal(host) is not None:
             raise UrlNotAllowed(f"host {host!r} is not allowed ({reason}; URL_ALLOWLIST can admit it)")
+        listed = " (listed by name, but a name entry admits public addresses only)" \
+            if _name_listed(host, entries) else ""
+        raise UrlNotAllowed(f"host {host!r} is not allowed: it resolves to a non-public address{listed}; "
+                            f"URL_ALLOWLIST admits an internal source by its IP or CIDR")
 
 
 def _resolve(host: str, port: int) -> tuple[IPAddress, ...]:
-    """Every address of ``host``: IP literals (any inet_aton spelling) parsed locally, else ONE lookup."""
-    with contextlib.suppress(OSError, ValueError):
-        return (ipaddress.IPv6Address(host) if ":" in host else ipaddress.IPv4Address(socket.inet_aton(host)),)
+    """Every address of host name ``host``, from ONE lookup (IP literals never get here)."""
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (OSError, UnicodeError) as exc:
@@ -135,8 +161,10 @@ def _resolve(host: str, port: int) -> tuple[IPAddress, ...]:
     return tuple(dict.fromkeys(ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos))
 
 
-def _check(url: str, policy: UrlPolicy) -> _Target:
-    """Apply the guard to one URL and return where to connect."""
+def _check(url: str, policy: UrlPolicy,
+           resolve: Callable[[str, int], tuple[IPAddress, ...]] = _resolve) -> _Target:
+    """Apply the guard to one URL and return where to connect. An IP literal (any inet_aton spelling) is
+    parsed here; a host name goes to `resolve` (host, port -> addresses), once."""
     if any(ord(ch) <= 0x20 or ord(ch) == 0x7F for ch in url):
         raise UrlNotAllowed("the URL contains spaces or control characters")
     try:
@@ -153,7 +181,8 @@ def _check(url: str, policy: UrlPolicy) -> _Target:
     if not host or not _HOST_RE.fullmatch(host):
         raise UrlNotAllowed("the URL has no valid host")
     port = port if port is not None else (443 if scheme == "https" else 80)
-    addrs = _resolve(host, port)
+    literal = _literal(host)
+    addrs = (literal,) if literal is not None else resolve(host, port)
     _admitted(host, addrs, policy.allowlist)
     path = quote(parts.path or "/", safe=_SAFE) + (f"?{quote(parts.query, safe=_SAFE + '?')}" if parts.query else "")
     return _Target(scheme, host, port, path, addrs)

@@ -24,6 +24,7 @@ SECONDS = 20
     ("image_target", "image", 20_000),
     ("request_target", "request", 5_000),
     ("http_target", "http", 200_000),
+    ("weights_target", "weights", 50_000),
 ])
 def test_the_fuzz_target_finds_nothing_on_the_saved_corpus(target, corpus, runs, tmp_path):
     new_inputs = tmp_path / "new"

@@ -2,10 +2,16 @@
 
 One event loop reads each request whole (line, headers, body) before a thread of a WEB_THREADS pool
 runs the WSGI app on it, so an idle or slow client parks a connection in the loop and never holds a
-thread. A request's line and headers must arrive within CLIENT_TIMEOUT of its first byte, its body
-within CLIENT_TIMEOUT plus its length at CLIENT_MIN_RATE bytes/s, an answer must be read as fast;
-otherwise the client gets 408 (or nothing, for an answer) and the connection is closed. An idle
-keep-alive connection is closed after CLIENT_TIMEOUT. Bodies over 1 MiB wait in a temporary file.
+thread. A request's line and headers must arrive within CLIENT_TIMEOUT of its first byte, however they
+trickle in; its body must keep up MIN_BODY_BYTES_PER_S on average, counted from that first byte after a
+grace of CLIENT_TIMEOUT (a 100 KB photo at the default 16384 bytes/s: 16 s in all); an answer must be
+read at CLIENT_MIN_RATE. Otherwise the client gets 408 (or nothing, for an answer) and the connection is
+closed. An idle keep-alive connection is closed after CLIENT_TIMEOUT. Bodies over 1 MiB wait in a
+temporary file. Before any body: at most MAX_CONNECTIONS_PER_PEER connections per client address (503
+beyond), and with API_KEY set a request that announces a body without the key it needs is refused
+401 from its head alone, before `100 Continue` (admission.py). A connection closed after an answer is
+closed lingering: half-closed, then what the client still sends is dropped for up to LINGER_S, so its
+unread bytes do not make the kernel reset the connection before the client has read the answer.
 
 Why not cheroot (measured, issue 17): its threads read the request themselves, so 400 connections
 holding a partial header held all 320 threads for its 10 s read timeout (a normal request took 9.8 s),
@@ -17,25 +23,36 @@ import asyncio
 import email.utils
 import logging
 import socket
-import sys
 import tempfile
 import threading
-import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 
-from image_gateway.front.http11 import MAX_HEADER_BYTES, BadRequest, Chunked, Head, error_answer, parse_head
+from image_gateway import errors
+from image_gateway.front import wsgi
+from image_gateway.front.admission import PeerLimit, key_refused
+from image_gateway.front.http11 import (
+    MAX_HEADER_BYTES,
+    BadRequest,
+    Chunked,
+    Head,
+    check_line_endings,
+    error_answer,
+    parse_head,
+)
 from image_gateway.settings import Settings
 
 log = logging.getLogger("gateway.web")
 
 SPOOL_BYTES = 1024 * 1024        # a body beyond this waits in a temporary file, not in memory
 BULK_PATHS = ("/v1/tasks",)      # routes whose bodies may reach MAX_TASK_BYTES (web/tasks.py); others MAX_UPLOAD_BYTES
-IDLE, HEAD, BODY, APP, SEND = "idle", "head", "body", "app", "send"
+IDLE, HEAD, BODY, APP, SEND, LINGER = "idle", "head", "body", "app", "send", "linger"
+LINGER_S = 2.0                   # the most a closing connection waits for the client's unread bytes and EOF
 
 
 # ------------------------------------------------------------------------------- one connection
 class Connection(asyncio.Protocol):
-    """One client connection: IDLE (between requests) -> HEAD -> BODY -> APP (a pool thread) -> SEND."""
+    """One client connection: IDLE (between requests) -> HEAD -> BODY -> APP (a pool thread) -> SEND,
+    and LINGER after the last answer."""
 
     def __init__(self, front: Front):
         self.front, self.loop, self.config = front, front.loop, front.config
@@ -43,25 +60,34 @@ class Connection(asyncio.Protocol):
         self.buffer, self.state, self.timer, self.paused = bytearray(), IDLE, None, False
         self.head: Head | None = None
         self.body, self.chunked, self.received, self.expected, self.limit = None, None, 0, 0, 0
-        self.too_large = self.close_after = False
-        self.started = 0.0
+        self.too_large = self.close_after = self.admitted = False
+        self.started, self.scanned = 0.0, 0          # scanned: head bytes already searched for its end
 
     def connection_made(self, transport) -> None:
         self.transport = transport
         transport.set_write_buffer_limits(high=0)       # pause_writing/resume_writing say when an answer is out
         self.peer = transport.get_extra_info("peername") or ("", 0)
         self.front.connections.add(self)
-        self.wait_for_request()
+        self.admitted = self.front.peers.admit(str(self.peer[0]))
+        if self.admitted:
+            self.wait_for_request()
+        else:
+            log.debug("refusing a connection from %s: MAX_CONNECTIONS_PER_PEER", self.peer)
+            self.refuse(503, f"too many connections from one address (MAX_CONNECTIONS_PER_PEER "
+                             f"{self.front.peers.cap}); retry after Retry-After",
+                        (("Retry-After", str(self.config.retry_after)),))
 
     def connection_lost(self, exc) -> None:
         self.cancel_timer()
         self.front.connections.discard(self)
+        if self.admitted:
+            self.front.peers.release(str(self.peer[0]))
         if self.body is not None and self.state != APP:
             self.body.close()
 
     def eof_received(self) -> bool:
         self.close_after = True
-        return self.state in (APP, SEND)                # half-closed: the answer can still be written
+        return self.state in (APP, SEND)                # half-closed: the answer can still be written; else close
 
     def pause_writing(self) -> None:
         self.paused = True
@@ -95,36 +121,55 @@ class Connection(asyncio.Protocol):
         try:
             self.receive(data)
         except BadRequest as exc:
-            self.close_after = True
-            self.send(*error_answer(exc.status, exc.message))
+            self.refuse(exc.status, exc.message, path=exc.path)
+
+    def refuse(self, status: int, message: str, headers: tuple[tuple[str, str], ...] = (), path: str = "") -> None:
+        """The front's own answer, in the envelope of the request's protocol; the connection then closes."""
+        self.close_after = True
+        self.send(*error_answer(status, message, headers, path or (self.head.path if self.head else "")))
 
     def receive(self, data: bytes) -> None:
+        if self.state == LINGER:                        # the answer is out: drop what still comes
+            return
         if self.state in (APP, SEND):                   # reading is paused; keep what already came
             self.buffer += data
             return
         if self.state == IDLE:
-            self.state, self.started = HEAD, self.loop.time()
+            self.state, self.started, self.scanned = HEAD, self.loop.time(), 0
             self.set_timer(self.started + self.config.client_timeout, self.timed_out)
         if self.state == HEAD:
-            self.buffer += data
-            end = self.buffer.find(b"\r\n\r\n")
-            if end < 0 or end > MAX_HEADER_BYTES:
-                if end > MAX_HEADER_BYTES or len(self.buffer) > MAX_HEADER_BYTES:
-                    raise BadRequest(431, f"the request line and headers exceed {MAX_HEADER_BYTES} bytes")
+            if not self.receive_head(data):
                 return
-            self.head = parse_head(bytes(self.buffer[:end]))
-            data = bytes(self.buffer[end + 4:])
+            data = bytes(self.buffer)
             self.buffer.clear()
             if not self.start_body():
                 self.buffer += data
                 return
         self.feed_body(data)
 
+    def receive_head(self, data: bytes) -> bool:
+        """Add `data` to the head; True once the head is parsed (self.buffer then holds what followed it)."""
+        self.buffer += data
+        while self.buffer.startswith(b"\r\n"):          # RFC 9112 2.2: empty lines before a request line
+            del self.buffer[:2]
+            self.scanned = 0
+        end = self.buffer.find(b"\r\n\r\n", max(self.scanned - 3, 0))
+        if end < 0 or end > MAX_HEADER_BYTES:
+            if end > MAX_HEADER_BYTES or len(self.buffer) > MAX_HEADER_BYTES:
+                raise BadRequest(431, f"the request line and headers exceed {MAX_HEADER_BYTES} bytes")
+            check_line_endings(self.buffer, self.scanned)   # all of it is head: a bare LF is a 400 now, not a wait
+            self.scanned = len(self.buffer)
+            return False
+        self.head = parse_head(bytes(self.buffer[:end]))
+        del self.buffer[:end + 4]
+        if key_refused(self.head, self.config):
+            raise BadRequest(401, errors.UNAUTHORIZED.description)     # before 100 Continue and any body
+        return True
+
     def start_body(self) -> bool:
         """Prepare for the body; False when there is none to read (the request goes to the app now)."""
         head, config = self.head, self.config
-        path = head.target.split("?", 1)[0]
-        bulk = path.startswith(BULK_PATHS) or urllib.parse.urlsplit(path).path.startswith(BULK_PATHS)
+        bulk = head.path.startswith(BULK_PATHS)
         self.limit = max(config.max_upload_bytes, getattr(config, "max_task_bytes", 0)) if bulk \
             else config.max_upload_bytes
         self.body, self.received = tempfile.SpooledTemporaryFile(SPOOL_BYTES), 0
@@ -138,9 +183,20 @@ class Connection(asyncio.Protocol):
         if head.expect_continue:
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         self.state = BODY
-        budget = self.expected if not head.chunked else self.limit
-        self.set_timer(self.started + config.client_timeout + budget / config.client_min_rate, self.timed_out)
+        self.set_timer(self.body_deadline(), self.check_body_rate)
         return True
+
+    def body_deadline(self) -> float:
+        """When the body received so far falls below MIN_BODY_BYTES_PER_S (after the CLIENT_TIMEOUT grace)."""
+        return self.started + self.config.client_timeout + self.received / self.front.body_rate
+
+    def check_body_rate(self) -> None:
+        """The body timer: 408 when the body is behind its rate, else wait for the deadline its bytes earned."""
+        deadline = self.body_deadline()
+        if self.loop.time() >= deadline:
+            self.timed_out()
+        else:
+            self.set_timer(deadline, self.check_body_rate)
 
     def feed_body(self, data: bytes) -> None:
         if self.chunked:
@@ -165,8 +221,8 @@ class Connection(asyncio.Protocol):
         self.cancel_timer()
         self.transport.pause_reading()
         self.body.seek(0)
-        environ = self.front.environ(self)
-        future = self.loop.run_in_executor(self.front.pool, self.front.run_app, environ)
+        environ = wsgi.environ(self.head, self.config, self.peer, self.body, self.received, self.too_large)
+        future = self.loop.run_in_executor(self.front.pool, wsgi.run_app, self.front.wsgi_app, environ)
         future.add_done_callback(self.respond)
 
     def respond(self, future) -> None:
@@ -177,7 +233,7 @@ class Connection(asyncio.Protocol):
             answer = future.result()
         except Exception:                               # the app answers its own errors; this is a bug
             log.exception("the WSGI app failed")
-            answer = error_answer(500, "an unexpected error in the gateway")
+            answer = error_answer(500, "an unexpected error in the gateway", (), self.head.path)
         self.send(*answer)
 
     def send(self, status: str, headers: list[tuple[str, str]], body: bytes) -> None:
@@ -206,16 +262,30 @@ class Connection(asyncio.Protocol):
     def sent(self) -> None:
         self.cancel_timer()
         if self.close_after:
-            self.transport.close()
+            self.linger()
         else:
             self.wait_for_request()
 
+    def linger(self) -> None:
+        """Close after an answer: send FIN, drop what the client still sends until its EOF or LINGER_S."""
+        self.state = LINGER
+        self.buffer.clear()
+        if self.transport.is_closing() or not self.transport.can_write_eof():
+            self.transport.close()
+            return
+        self.transport.write_eof()
+        self.transport.resume_reading()
+        self.set_timer(self.loop.time() + min(LINGER_S, self.config.client_timeout), self.transport.close)
+
     def timed_out(self) -> None:
         log.debug("closing a slow client %s", self.peer)
-        self.close_after = True
-        self.send(*error_answer(408, f"the request did not arrive within the client timeout "
-                                     f"(CLIENT_TIMEOUT {self.config.client_timeout:g} s, "
-                                     f"CLIENT_MIN_RATE {self.config.client_min_rate} bytes/s)"))
+        if self.state == BODY:
+            message = (f"the request body arrived slower than MIN_BODY_BYTES_PER_S ({self.front.body_rate} bytes/s "
+                       f"on average after CLIENT_TIMEOUT {self.config.client_timeout:g} s)")
+        else:
+            message = (f"the request line and headers did not arrive within CLIENT_TIMEOUT "
+                       f"({self.config.client_timeout:g} s)")
+        self.refuse(408, message)
 
 
 # ------------------------------------------------------------------------------- the server
@@ -227,7 +297,11 @@ class Front:
     def __init__(self, app, config: Settings):
         if config.client_timeout <= 0 or config.client_min_rate < 1:
             raise ValueError("CLIENT_TIMEOUT must be > 0 and CLIENT_MIN_RATE >= 1")
+        if config.min_body_bytes_per_s < 0 or config.max_connections_per_peer < 0:
+            raise ValueError("MIN_BODY_BYTES_PER_S and MAX_CONNECTIONS_PER_PEER must be >= 0")
         self.wsgi_app, self.config = app, config
+        self.body_rate = config.min_body_bytes_per_s or config.client_min_rate   # 0: CLIENT_MIN_RATE's value
+        self.peers = PeerLimit(config.max_connections_per_peer)
         self.pool = ThreadPoolExecutor(config.web_threads, thread_name_prefix="web")
         self.connections: set[Connection] = set()
         self.sock: socket.socket | None = None
@@ -283,48 +357,3 @@ class Front:
         except RuntimeError:                            # the loop has already closed
             return
         self.finished.wait(self.config.request_timeout + 5)
-
-    def environ(self, connection: Connection) -> dict:
-        """The WSGI environ of a connection's request (PEP 3333); a chunked body arrives with its length."""
-        head, config = connection.head, self.config
-        path, _, query = head.target.partition("?")
-        if "://" in path:                               # absolute-form target
-            path = urllib.parse.urlsplit(path).path or "/"
-        length = head.length if connection.too_large and not head.chunked else connection.received
-        environ = {
-            "REQUEST_METHOD": head.method, "SCRIPT_NAME": "", "QUERY_STRING": query,
-            "PATH_INFO": urllib.parse.unquote_to_bytes(path).decode("latin-1"),
-            "SERVER_NAME": config.host, "SERVER_PORT": str(config.port), "SERVER_PROTOCOL": head.version,
-            "REMOTE_ADDR": str(connection.peer[0]), "REMOTE_PORT": str(connection.peer[1]),
-            "CONTENT_LENGTH": str(length) if length or head.length or head.chunked else "",
-            "wsgi.version": (1, 0), "wsgi.url_scheme": "http",
-            "wsgi.input": connection.body if not connection.too_large else tempfile.SpooledTemporaryFile(1),
-            "wsgi.errors": sys.stderr, "wsgi.multithread": True, "wsgi.multiprocess": False,
-            "wsgi.run_once": False, "wsgi.input_terminated": True,
-        }
-        for name, value in head.headers:
-            key = name.upper().replace("-", "_")
-            if "_" in name or key in ("CONTENT_LENGTH", "TRANSFER_ENCODING"):
-                continue                                # "_" names could pose as "-" ones; the length is set above
-            key = key if key == "CONTENT_TYPE" else "HTTP_" + key
-            environ[key] = f"{environ[key]},{value}" if key in environ else value
-        return environ
-
-    def run_app(self, environ: dict) -> tuple[str, list[tuple[str, str]], bytes]:
-        """In a pool thread: the app's status, headers and whole body."""
-        response: dict = {}
-        chunks: list[bytes] = []
-
-        def start_response(status, headers, exc_info=None):
-            if exc_info and response:
-                raise exc_info[1].with_traceback(exc_info[2])
-            response["status"], response["headers"] = status, list(headers)
-            return chunks.append
-
-        result = self.wsgi_app(environ, start_response)
-        try:
-            chunks.extend(chunk for chunk in result if chunk)
-        finally:
-            if hasattr(result, "close"):
-                result.close()
-        return response["status"], response["headers"], b"".join(chunks)

@@ -30,17 +30,21 @@ class TaskStore:
     def keys(self, task_id: str) -> TaskKeys:
         return TaskKeys(self.prefix, task_id)
 
-    def create(self, task_id: str, images: list[bytes], filenames: list[str], targets: list[str],
-               options: dict, ttl_s: int) -> int:
-        """Store the images and their units; the task is RUNNING and active. Its unit count."""
+    def create(self, task_id: str, images: list[bytes | None], filenames: list[str], targets: list[str],
+               options: dict, ttl_s: int, urls: dict[int, str] | None = None, body_bytes: int = 0) -> int:
+        """Store the images and their units; the task is RUNNING and active. Its unit count. An image
+        given by URL (`urls`: index -> URL, its `images` entry None) is fetched by the feeder when its
+        unit runs; `fetched` counts the bytes fetched, on top of the request's `body_bytes`."""
         keys = self.keys(task_id)
         units = [f"{index}/{target}" for index in range(len(images)) for target in targets]
         meta = {"state": "RUNNING", "total": len(units), "done": 0, "failed": 0, "created": time.time(),
                 "expires_at": time.time() + ttl_s, "images": len(images), "filenames": json.dumps(filenames),
-                "options": json.dumps(options)}
+                "options": json.dumps(options), "urls": json.dumps(urls or {}), "bytes": body_bytes}
         pipe = self.client.pipeline(transaction=True)
         pipe.hset(keys.meta, mapping=meta)
-        pipe.hset(keys.images, mapping=dict(enumerate(images)))
+        stored = {index: data for index, data in enumerate(images) if data is not None}
+        if stored:
+            pipe.hset(keys.images, mapping=stored)
         pipe.rpush(keys.units, *units)
         for key in (keys.meta, keys.images, keys.units):
             pipe.expire(key, ttl_s + EXPIRED_VISIBLE_S)
@@ -67,6 +71,10 @@ class TaskStore:
         unit = self._take(keys=[keys.units, keys.in_flight], args=[feeder_id])
         self.client.expire(keys.in_flight, self._ttl(task_id))
         return unit.decode() if unit else None
+
+    def count_bytes(self, task_id: str, amount: int) -> int:
+        """Add fetched bytes to the task's total (MAX_TASK_BYTES counts them); the new total."""
+        return int(self.client.hincrby(self.keys(task_id).meta, "bytes", amount))
 
     def image(self, task_id: str, index: int) -> bytes | None:
         return self.client.hget(self.keys(task_id).images, index)

@@ -22,7 +22,7 @@ from image_gateway.errors import GatewayError
 from image_gateway.web.jobs import Call, model_input, new_job, output, submit
 from image_gateway.web.plan_runner import run_plan
 from image_gateway.web.resources import Gateway
-from image_gateway.web.uploads import Upload
+from image_gateway.web.uploads import Upload, fetch_url
 
 log = logging.getLogger("gateway.tasks")
 
@@ -98,16 +98,28 @@ def run_unit(gw: Gateway, task_id: str, unit: str, meta: dict) -> dict:
     index_text, target = unit.split("/", 1)
     index = int(index_text)
     head = {"index": index, "filename": json.loads(meta["filenames"])[index]}
-    data = gw.tasks.image(task_id, index)
-    if data is None:
-        return {**head, "success": False, "error": {"code": errors.TASK_NOT_FOUND.code,
-                                                    "message": "the image is gone (task cancelled or expired)"}}
-    upload = Upload(data, json.loads(meta["options"])["top_k"])
     try:
+        upload = Upload(unit_image(gw, task_id, index, meta), json.loads(meta["options"])["top_k"])
         return {**head, "success": True, **answer(gw, upload, target)}
     except GatewayError as exc:
         return {**head, **({"model": target} if ":" not in target else {"pipeline": target.split(":", 1)[1]}),
                 "success": False, "error": {"code": exc.code, "message": exc.message}}
+
+
+def unit_image(gw: Gateway, task_id: str, index: int, meta: dict) -> bytes:
+    """The image of a unit: as uploaded, or fetched now from its URL through the SSRF guard, its bytes
+    counted against MAX_TASK_BYTES (a window of units at a time: never the whole task in memory)."""
+    url = json.loads(meta.get("urls", "{}")).get(str(index))
+    if url is None:
+        data = gw.tasks.image(task_id, index)
+        if data is None:
+            raise GatewayError(errors.TASK_NOT_FOUND, "the image is gone (task cancelled or expired)")
+        return data
+    data = fetch_url(url, gw.config)
+    if gw.tasks.count_bytes(task_id, len(data)) > gw.config.max_task_bytes:
+        raise GatewayError(errors.PAYLOAD_TOO_LARGE, f"the task's uploads and fetched images passed "
+                           f"{gw.config.max_task_bytes} bytes (MAX_TASK_BYTES)")
+    return data
 
 
 def answer(gw: Gateway, upload, target: str) -> dict:

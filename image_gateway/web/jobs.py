@@ -30,12 +30,15 @@ class Call:
 
 
 def model_input(call: Call, data: bytes, spec) -> tuple[np.ndarray, dict]:
-    """A classifier's square, or a detector's working image with what maps its boxes back."""
+    """A classifier's square, or a detector's working image with what maps its boxes back; 504 TIMEOUT
+    instead when the request's deadline has passed (a request with many images stops decoding)."""
     config = call.config
+    if time.time() >= call.deadline:
+        raise GatewayError(errors.TIMEOUT, f"no result within {config.request_timeout:g} s (still decoding)")
     if spec.kind == "detector":
-        image = imaging.decode_image(data, max_pixels=config.max_image_pixels)
+        image = imaging.decode_image(data, max_pixels=config.max_image_pixels, deadline=call.deadline)
         return imaging.working_image(image, config.detect_max_side)
-    return imaging.prepare_image(data, spec, max_pixels=config.max_image_pixels), {}
+    return imaging.prepare_image(data, spec, max_pixels=config.max_image_pixels, deadline=call.deadline), {}
 
 
 def new_job(call: Call, served: Served, array: np.ndarray, top_k: int, params: dict | None = None,

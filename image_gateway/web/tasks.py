@@ -7,16 +7,18 @@ from __future__ import annotations
 
 import time
 import uuid
+from urllib.parse import urlsplit
 
 from flask import Blueprint, current_app, jsonify, request, url_for
 
 from image_gateway import errors, protocol
 from image_gateway.errors import GatewayError
 from image_gateway.web.resources import gateway
-from image_gateway.web.uploads import check_api_key, decode_base64, fetch_url, json_body, parse_top_k, text_field
+from image_gateway.web.uploads import decode_base64, json_body, parse_top_k, text_field
 
 bp = Blueprint("tasks", __name__)
 PAGE_LIMIT = 1000        # results per GET at most
+MAX_URL_LENGTH = 2048
 
 
 @bp.before_request
@@ -30,25 +32,27 @@ def larger_bodies():
 @bp.post("/v1/tasks")
 def create_task():
     gw = gateway()
-    check_api_key(gw.config)
     images, filenames, fields = read_images()
-    if len(images) > gw.config.max_task_images:
-        raise GatewayError(errors.TASK_TOO_LARGE, f"{len(images)} images: a task takes at most "
-                           f"{gw.config.max_task_images} (MAX_TASK_IMAGES)")
     if not images:
         raise GatewayError(errors.MISSING_IMAGE, "send the images as multipart `image` parts or JSON "
                            "`images` (base64) and `urls`")
     targets, options = task_targets(fields)
+    if len(images) * len(targets) > gw.config.max_task_images:
+        raise GatewayError(errors.TASK_TOO_LARGE, f"{len(images)} images x {len(targets)} targets: a task takes at "
+                           f"most {gw.config.max_task_images} (MAX_TASK_IMAGES)")
+    urls = {index: name for index, (data, name) in enumerate(zip(images, filenames, strict=True)) if data is None}
     task_id = uuid.uuid4().hex
-    gw.tasks.create(task_id, images, filenames, targets, options, gw.config.task_ttl)
+    gw.tasks.create(task_id, images, filenames, targets, options, gw.config.task_ttl, urls,
+                    request.content_length or 0)
     current_app.extensions["feeder"].wake()
     status_url = url_for("tasks.get_task", task_id=task_id)
     body = {"success": True, "task_id": task_id, "status_url": status_url, "images": len(images)}
     return jsonify(body), 202, {"Location": status_url}
 
 
-def read_images() -> tuple[list[bytes], list[str], dict]:
-    """The images of a multipart or JSON task body, their file names, and the other fields."""
+def read_images() -> tuple[list[bytes | None], list[str], dict]:
+    """The images of a multipart or JSON task body, their file names, and the other fields. An image
+    given by URL is None here, its URL its file name: the feeder fetches it when its turn comes."""
     config = gateway().config
     if request.mimetype == "multipart/form-data":
         uploads = request.files.getlist("image")
@@ -62,8 +66,18 @@ def read_images() -> tuple[list[bytes], list[str], dict]:
     if len(body.get("images", [])) + len(body.get("urls", [])) > config.max_task_images:
         raise GatewayError(errors.TASK_TOO_LARGE, f"a task takes at most {config.max_task_images} images")
     images = [decode_base64(item) for item in body.get("images", [])]
-    urls = [str(url) for url in body.get("urls", [])]
-    return images + [fetch_url(url, config) for url in urls], [""] * len(images) + urls, body
+    urls = [checked_url(url, config) for url in body.get("urls", [])]
+    return images + [None] * len(urls), [""] * len(images) + urls, body
+
+
+def checked_url(url, config) -> str:
+    """A task's image URL, refused now when it can never be fetched; the SSRF guard runs at fetch time."""
+    if not config.url_input:
+        raise GatewayError(errors.URL_NOT_ALLOWED, "URL input is turned off on this gateway (URL_INPUT=0)")
+    if not isinstance(url, str) or len(url) > MAX_URL_LENGTH or urlsplit(url).scheme not in ("http", "https"):
+        raise GatewayError(errors.URL_NOT_ALLOWED, f"a task's urls are http(s) URLs of at most {MAX_URL_LENGTH} "
+                           "characters")
+    return url
 
 
 def task_targets(fields) -> tuple[list[str], dict]:
@@ -77,6 +91,7 @@ def task_targets(fields) -> tuple[list[str], dict]:
         return [f"pipeline:{pipeline}"], options
     names = [name.strip() for name in models.split(",") if name.strip()] if models else \
         [text_field(fields, "model") or gw.router.default_name]
+    names = list(dict.fromkeys(names))         # a model named twice runs once
     for name in names:
         gw.router.versions_of(name)              # MODEL_NOT_FOUND now, not per image later
     return names, options
@@ -91,7 +106,6 @@ def get_task(task_id: str):
 @bp.delete("/v1/tasks/<task_id>")
 def cancel_task(task_id: str):
     gw = gateway()
-    check_api_key(gw.config)
     if task_report(task_id, 0, 0)["state"] in ("PENDING", "RUNNING"):
         gw.tasks.retire(task_id, "CANCELLED")
     offset, limit = page_arguments()

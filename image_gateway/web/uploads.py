@@ -4,7 +4,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import hmac
 from dataclasses import dataclass
 
 from flask import request
@@ -12,11 +11,6 @@ from flask import request
 from image_gateway import errors, urlfetch
 from image_gateway.errors import GatewayError
 from image_gateway.settings import Settings
-
-
-def check_api_key(config: Settings) -> None:
-    if config.api_key and not hmac.compare_digest(request.headers.get("X-API-Key", ""), config.api_key):
-        raise GatewayError(errors.UNAUTHORIZED)
 
 
 @dataclass(frozen=True)

@@ -38,10 +38,9 @@ from image_gateway import errors, metrics, protocol
 from image_gateway.errors import GatewayError
 from image_gateway.protocol.catalog import READY
 from image_gateway.web.envelope import current_call
-from image_gateway.web.jobs import model_input, new_job, output, submit
+from image_gateway.web.jobs import model_input, new_job, output, refuse_when_full, submit
 from image_gateway.web.resources import gateway
 from image_gateway.web.routing import Served, newest
-from image_gateway.web.uploads import check_api_key
 
 log = logging.getLogger("gateway.v2")
 bp = Blueprint("v2", __name__)
@@ -182,11 +181,11 @@ def infer(name: str, version: str | None = None):
     call = current_call()
     gw = call.gw
     g.job_id = protocol.new_job_id()
-    check_api_key(gw.config)
     header, tail = read_request()
-    images = image_elements(header, tail)
+    images = image_elements(header, tail, gw.config.max_batch_images)
     served = gw.router.resolve(name, version)
     outputs = requested_outputs(header, served.spec.kind)
+    refuse_when_full(call, served.queue.depth() + len(images) - 1)     # room for every image, before decoding
     inputs = []
     for index, data in enumerate(images):
         try:
@@ -194,8 +193,14 @@ def infer(name: str, version: str | None = None):
         except GatewayError as exc:
             raise GatewayError(exc.error, f"input 'image' element {index}: {exc.message}", exc.headers) from None
     top_k = len(labels_of(served)) or ALL_CLASSES if served.spec.kind == "classifier" else 1
-    jobs = [submit(call, served, new_job(call, served, array, top_k, params)) for array, params in inputs]
-    answers = [output(call, served, job) for job in jobs]
+    jobs = []
+    try:
+        for array, params in inputs:
+            jobs.append(submit(call, served, new_job(call, served, array, top_k, params)))
+        answers = [output(call, served, job) for job in jobs]
+    except GatewayError:
+        served.queue.withdraw(jobs)     # nobody will wait for the rest
+        raise
     tensors = detector_tensors(answers) if served.spec.kind == "detector" else classifier_tensors(answers, outputs)
     return respond(header, served, [(tensors[out_name], binary) for out_name, (binary, _) in outputs.items()])
 
@@ -208,7 +213,7 @@ def read_request() -> tuple[dict, bytes]:
     raw_length = request.headers.get(HEADER_LENGTH)
     length = len(body)
     if raw_length is not None:
-        length = int(raw_length) if raw_length.isdigit() else -1
+        length = int(raw_length) if raw_length.isascii() and raw_length.isdigit() and len(raw_length) <= 15 else -1
         if not 0 < length <= len(body):
             raise bad_request(f"{HEADER_LENGTH} must be the byte length of the JSON header, at most the body's")
     try:
@@ -220,8 +225,9 @@ def read_request() -> tuple[dict, bytes]:
     return header, body[length:]
 
 
-def image_elements(header: dict, tail: bytes) -> list[bytes]:
-    """The encoded image files of the one BYTES input `image`, from binary data or base64 JSON."""
+def image_elements(header: dict, tail: bytes, max_images: int) -> list[bytes]:
+    """The encoded image files of the one BYTES input `image`, from binary data or base64 JSON; at most
+    `max_images` (MAX_BATCH_IMAGES), counted from the shape before any element is read."""
     inputs = header.get("inputs")
     if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
         raise bad_request(f"expected one input, {IMAGE_INPUT!r}")
@@ -234,6 +240,9 @@ def image_elements(header: dict, tail: bytes) -> list[bytes]:
     if not isinstance(shape, list) or not shape or not all(type(dim) is int and dim >= 0 for dim in shape):
         raise bad_request(f"input {IMAGE_INPUT!r} needs a shape: a list of non-negative integers, such as [1]")
     count = math.prod(shape)
+    if count > max_images:
+        raise GatewayError(errors.BATCH_TOO_LARGE, f"{count} images: one inference request takes at most "
+                           f"{max_images} (MAX_BATCH_IMAGES)")
     parameters = tensor.get("parameters") if isinstance(tensor.get("parameters"), dict) else {}
     size = parameters.get("binary_data_size")
     if size is not None:

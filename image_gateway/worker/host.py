@@ -11,6 +11,7 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import re
 import threading
 import time
 
@@ -18,7 +19,8 @@ import redis
 
 from image_gateway import errors, models, protocol
 from image_gateway import settings as settings_module
-from image_gateway.models.repository import VersionDir, scan, version_spec
+from image_gateway.models.repository import FORMAT_RUNTIMES, VersionDir, scan, version_spec, without_folder
+from image_gateway.models.spec import OCR_MODELS
 from image_gateway.settings import Settings
 from image_gateway.worker.loop import WorkerGroup
 
@@ -119,6 +121,10 @@ class ModelHost:
     def _load_model(self, name: str, source: VersionDir | None):
         """The model on RUNTIME: LiteRT where it converts (`auto` falls back to TensorFlow), else Keras."""
         config = self.config
+        if source is not None and source.format != "keras":     # model.onnx / model.tflite: their own runtime
+            return models.load_repository_version(source, max(1, config.model_threads))
+        if source is None and name in OCR_MODELS:                # rapidocr's ONNX files: ONNX Runtime
+            return models.load_ocr_model(name, max(1, config.model_threads))
         if config.runtime in ("tensorflow", "jax") or (source is None and models.get_spec(name).kind != "classifier"):
             return self._load_keras(name, source)        # the detector stays on TensorFlow
         from image_gateway.models import litert
@@ -127,7 +133,9 @@ class ModelHost:
             return litert.load_litert_model(name, cache_dir, max(1, config.model_threads), fallback=fallback,
                                             weights_path=config.model_weights, labels_path=config.model_labels)
         classifier = self._load_keras(name, source)
-        key = litert.cache_key(classifier.spec, litert.file_digest(str(source.path / "model.keras")))
+        digest = "".join(litert.file_digest(str(path)) for path in (source.model_file, source.path / "config.json")
+                         if path.is_file())     # config.json's normalisation is inside the converted file
+        key = litert.cache_key(classifier.spec, digest)
         try:
             return litert.load_litert(classifier, cache_dir, max(1, config.model_threads), key)
         except (models.ModelError, ImportError) as exc:
@@ -144,12 +152,16 @@ class ModelHost:
     def _announce(self, key: Key, source: VersionDir | None, state: str, reason: str = "", spec=None,
                   runtime: str = "") -> None:
         name, version = key
+        file_format, resize = source.format if source else "builtin", "center_crop"
         try:
             spec = spec or (version_spec(source) if source else models.get_spec(name))
-            geometry = (spec.kind, spec.input_size, spec.crop_fraction, spec.resample)
+            geometry, resize = (spec.kind, spec.input_size, spec.crop_fraction, spec.resample), spec.resize
         except models.ModelError as exc:
             geometry, reason = ("classifier", 0, 1.0, "bilinear"), reason or str(exc)
-        self.catalog.announce(protocol.Entry(name, version, *geometry, state=state, reason=reason, runtime=runtime))
+        reason = public_reason(without_folder(reason, source) if source else reason)
+        runtime = runtime or FORMAT_RUNTIMES.get(file_format, "")
+        self.catalog.announce(protocol.Entry(name, version, *geometry, state=state, reason=reason, runtime=runtime,
+                                             format=file_format, resize=resize))
 
     def _retire(self, key: Key) -> None:
         """Withdraw the version, answer what is queued for it, then unload it."""
@@ -192,3 +204,14 @@ def start_workers(config: Settings, only: str | None = None) -> ModelHost:
     """Load the served models (TensorFlow is imported here, in worker processes only) and start."""
     client = protocol.connect(config.redis_url, config.request_timeout, config.redis_cluster)
     return ModelHost(config, client, only).start()
+
+
+ABSOLUTE_PATH = re.compile(r"(?:/[^/\s:'\"()]+)+/([^/\s:'\"()]+)")
+MAX_REASON = 300
+
+
+def public_reason(reason: str) -> str:
+    """What /v1/models and MODEL_UNAVAILABLE may show: no folders (a path is cut to its file name), at
+    most MAX_REASON characters. The worker's log keeps the whole message."""
+    reason = ABSOLUTE_PATH.sub(r"\1", reason)
+    return reason if len(reason) <= MAX_REASON else reason[:MAX_REASON - 3] + "..."
