@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import threading
 import time
 from contextlib import contextmanager
@@ -33,8 +32,8 @@ from bench.gateway import Gateway
 from bench.loadgen import DEFAULT_RECIPE, BodyPool, LoadGenerator, Outcome, make_photos
 from bench.system import process_tree, read_stat
 from image_gateway import settings as settings_module
+from image_gateway.processes import get_json
 
-REDIS_ADDRESS = re.compile(rb"(\d+\.\d+\.\d+\.\d+):(\d+)")
 GROWTH_LIMIT_PCT = 5.0
 
 
@@ -113,21 +112,16 @@ def processes_rss(roots: dict[str, int]) -> dict[str, int]:
     return out
 
 
-def embedded_redis_url(root_pid: int) -> str | None:
-    """The URL of the redis-server child of a `python run_server.py` (its title names the address)."""
-    for pid in process_tree(root_pid)[1:]:
-        stat = read_stat(pid)
-        if stat and stat[0].startswith("redis-server"):
-            match = REDIS_ADDRESS.search(Path(f"/proc/{pid}/cmdline").read_bytes())
-            if match:
-                return f"redis://{match.group(1).decode()}:{match.group(2).decode()}/0"
-    return None
-
-
-def redis_used_memory(url: str | None) -> int | None:
-    if not url:
+def redis_used_memory(source: str | None) -> int | None:
+    """Redis' used_memory: from a Redis URL (--redis-url), or from a gateway's /status (the embedded
+    Redis has a private password; the gateway reports its memory)."""
+    if not source:
         return None
-    client = redis.Redis.from_url(url, socket_timeout=5)
+    if source.startswith("http"):
+        status = get_json(source + "/status", 5)
+        memory = (status or {}).get("redis_memory") or {}
+        return sum(int(shard["used_memory"]) for shard in memory.values()) if memory else None
+    client = redis.Redis.from_url(source, socket_timeout=5)
     try:
         return int(client.info("memory")["used_memory"])
     except redis.RedisError:
@@ -226,7 +220,7 @@ def gateway_under_test(args: argparse.Namespace):
     try:
         log(f"starting python run_server.py (QUEUE_LIMIT={args.queue_limit}, CACHE_TTL=0) on port {gateway.port}")
         gateway.start()
-        yield gateway.url, {"gateway": gateway.process.pid}, embedded_redis_url(gateway.process.pid)
+        yield gateway.url, {"gateway": gateway.process.pid}, gateway.url
     finally:
         gateway.stop()
         for name, value in saved.items():

@@ -33,8 +33,11 @@ from deploy import nginx_conf  # noqa: E402
 from image_gateway import processes  # noqa: E402
 from image_gateway import settings as settings_module  # noqa: E402
 from image_gateway.redis_server import RedisCluster, RedisServer, free_port  # noqa: E402
+from image_gateway.redis_url import redact, resolve  # noqa: E402
 
 DEPLOY_DIR = os.path.dirname(os.path.abspath(__file__))
+REDIS_CONF = os.path.join(DEPLOY_DIR, "redis.conf")   # AOF everysec, no RDB, noeviction
+USERS_ACL = os.path.join(DEPLOY_DIR, "users.acl")     # the `gateway` user's allowlist
 ROOT = os.path.dirname(DEPLOY_DIR)
 GUNICORN_CONF = os.path.join(DEPLOY_DIR, "gunicorn.conf.py")
 PROBE_TIMEOUT_S = 3.0   # of each readiness GET
@@ -109,6 +112,16 @@ class Child:
         return f"  {self.name:<10} {where:<34} pid {self.pid:<7} log {self.log_path}"
 
 
+def gateway_acl(prefix: str, path: str = USERS_ACL) -> list[str]:
+    """The rules of the `gateway` user in deploy/users.acl, without its on/off state and password (the
+    cluster sets a random one) and with its key pattern on KEY_PREFIX."""
+    with open(path, encoding="utf-8") as file:
+        line = next(line for line in file if line.split()[:2] == ["user", "gateway"])
+    state = {"on", "off", "nopass", "resetpass"}
+    rules = [rule for rule in line.split()[2:] if rule not in state and rule[0] not in "><#!"]
+    return [f"~{prefix}:*" if rule == "~gw:*" else rule for rule in rules]
+
+
 class Cluster:
     """Start with `start()`, stop with `stop()` (or use it as a context manager)."""
 
@@ -161,23 +174,28 @@ class Cluster:
         return self
 
     def _start_redis(self) -> None:
+        """Its own Redis unless given one: deploy/redis.conf in the run directory, private (the `gateway`
+        user of deploy/users.acl with a random password; the URL reaches the children in their environment)."""
         if self.redis_cluster:
             self.extra_env["REDIS_CLUSTER"] = "1"
         if self.redis_url:
-            self.say(f"  {'redis':<10} {self.redis_url} (not started here)")
+            self.say(f"  {'redis':<10} {redact(self.redis_url)} (not started here)")
             return
         if self.redis_cluster:
             self.redis = RedisCluster(masters=self.redis_cluster, new_session=True).start()
         else:
-            self.redis = RedisServer(new_session=True).start()
+            prefix = settings_module.load(self._env()).key_prefix
+            self.redis = RedisServer(new_session=True, config_file=REDIS_CONF, acl=gateway_acl(prefix),
+                                     data_dir=os.path.join(self.run_dir, "redis")).start()
         self.redis_url = self.redis.url
         for server in getattr(self.redis, "servers", [self.redis]):
-            self.say(f"  {'redis':<10} {server.url:<34} pid {server.process.pid}")
+            self.say(f"  {'redis':<10} {'redis://' + server.address:<34} pid {server.process.pid}")
 
     def _env(self, **per_process: str) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if k not in PER_PROCESS}
+        """A child's environment: the launcher's, the cluster's settings, and REDIS_URL (never its command line)."""
+        env = {k: v for k, v in os.environ.items() if k not in PER_PROCESS and k != "REDIS_URL_FILE"}
         env.update(self.extra_env)
-        env.update({"REDIS_URL": self.redis_url, "HOST": self.host, "PYTHONUNBUFFERED": "1"})
+        env.update({"REDIS_URL": self.redis_url or "", "HOST": self.host, "PYTHONUNBUFFERED": "1"})
         env.update(per_process)
         return env
 
@@ -252,7 +270,7 @@ class Cluster:
                                f"last lines of {child.log_path}:\n{child.tail()}")
         for server in getattr(self.redis, "servers", [self.redis] if self.redis else []):
             if server.process.poll() is not None:
-                raise ClusterError(f"redis-server {server.url} exited with code {server.process.returncode}")
+                raise ClusterError(f"redis-server {server.address} exited with code {server.process.returncode}")
 
     def dead_children(self) -> list[Child]:
         return [c for c in self.children if c.process is not None and not c.alive and not c.stopped_on_purpose]
@@ -288,7 +306,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=2, help="model workers (classify_worker.py), default 2")
     parser.add_argument("--port", type=int, default=8080, help="nginx's port, default 8080")
     parser.add_argument("--gunicorn-workers", type=int, default=1, help="processes per web server, default 1")
-    parser.add_argument("--redis-url", help="use this Redis instead of starting a redis-server")
+    parser.add_argument("--redis-url", help="use this Redis instead of starting a redis-server (a password in it "
+                                            "shows in the process list: prefer REDIS_URL or REDIS_URL_FILE)")
     parser.add_argument("--redis-cluster", type=int, default=0, metavar="MASTERS",
                         help="start a Redis Cluster of MASTERS masters (>= 3), each with one replica, "
                              "instead of one redis-server; the gateway runs with REDIS_CLUSTER=1")
@@ -311,7 +330,8 @@ def serve_until_stopped(cluster: Cluster) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     say = lambda line: print(line, flush=True)  # noqa: E731
-    cluster = Cluster(web=args.web, workers=args.workers, port=args.port, redis_url=args.redis_url,
+    given = args.redis_url or resolve(settings_module.load()).redis_url
+    cluster = Cluster(web=args.web, workers=args.workers, port=args.port, redis_url=given or None,
                       gunicorn_workers=args.gunicorn_workers, run_dir=args.run_dir, say=say,
                       redis_cluster=args.redis_cluster)
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -1,6 +1,9 @@
 """The one-command default, `python run_server.py`: its own redis-server, worker threads, a web server.
 
-With REDIS_URL set it uses that Redis instead; `--no-worker` serves the web tier alone. The web
+With REDIS_URL (or REDIS_URL_FILE) set it uses that Redis instead; `--no-worker` serves the web tier
+alone. Its own Redis keeps its data in DATA_DIR (append-only file, fsync every second), so queued work,
+tasks and results survive a restart, and is private: a random password, and a user without the
+@dangerous commands (CONFIG, FLUSHALL, SHUTDOWN ...); the password reaches only this process. The web
 server is front.server.Front: an asyncio front that reads each request whole before a thread runs the
 app, so slow and idle clients never hold a thread (CLIENT_TIMEOUT, CLIENT_MIN_RATE).
 """
@@ -9,13 +12,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
 import signal
 import threading
 
 from flask import Flask
 
+from image_gateway import redis_url, startup
 from image_gateway import settings as settings_module
-from image_gateway import startup
 from image_gateway.front.server import Front
 from image_gateway.settings import Settings
 from image_gateway.web.app import create_app
@@ -30,14 +34,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=config.port, help="port (PORT)")
     parser.add_argument("--no-worker", action="store_true", help="web tier only: no model in this process")
     args = parser.parse_args(argv)
-    config = dataclasses.replace(config, host=args.host, port=args.port)
+    config = redis_url.resolve(dataclasses.replace(config, host=args.host, port=args.port))
     startup.prepare(config, web=True, worker=not args.no_worker)
     embedded_redis = None
     if not config.redis_url:
-        from image_gateway.redis_server import RedisServer
-        embedded_redis = RedisServer(config.redis_server_bin).start()
-        config = dataclasses.replace(config, redis_url=embedded_redis.url)
-        log.info("embedded redis-server started at %s", embedded_redis.url)
+        embedded_redis, config = start_redis(config)
+    check_memory_policy(config)
     workers = None
     if not args.no_worker:
         from image_gateway.worker.host import start_workers
@@ -51,6 +53,37 @@ def main(argv: list[str] | None = None) -> None:
             workers.stop(config.request_timeout)
         if embedded_redis:
             embedded_redis.close()
+
+
+def data_dir(config: Settings) -> str | None:
+    """The embedded Redis' folder: DATA_DIR made absolute; None (a throwaway temp folder) for DATA_DIR=""."""
+    return os.path.abspath(os.path.expanduser(config.data_dir)) if config.data_dir else None
+
+
+def start_redis(config: Settings):
+    """The embedded redis-server, private (random password, ACL user without the dangerous commands), in
+    DATA_DIR when set; the config whose REDIS_URL carries the password. Exits naming DATA_DIR when another
+    gateway uses it."""
+    from image_gateway.redis_server import DataDirInUse, RedisServer, private_rules
+    folder = data_dir(config)
+    try:
+        server = RedisServer(config.redis_server_bin, data_dir=folder, acl=private_rules(config.key_prefix)).start()
+    except DataDirInUse as error:
+        raise SystemExit(f"error: {error}") from None
+    where = f"data in {folder} (append-only file, fsync every second)" if folder else "throwaway (DATA_DIR empty)"
+    log.info("embedded redis-server started on %s, %s", server.address, where)
+    return server, dataclasses.replace(config, redis_url=server.url)
+
+
+def check_memory_policy(config: Settings) -> None:
+    """Warn (log) when the Redis could evict the gateway's keys (protocol.memory)."""
+    from image_gateway import protocol
+    from image_gateway.protocol import memory
+    client = protocol.connect(config.redis_url, config.request_timeout, config.redis_cluster)
+    try:
+        memory.warn_if_evicting(client)
+    finally:
+        client.close()
 
 
 def make_server(app, config: Settings) -> Front:

@@ -9,6 +9,8 @@ from __future__ import annotations
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
 from prometheus_client.core import GaugeMetricFamily
 
+from image_gateway.protocol import memory
+
 REQUESTS = Counter("gateway_requests_total", "HTTP requests to /predict by status code", ["status"])
 LATENCY = Histogram("gateway_request_seconds", "End-to-end /predict latency",
                     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
@@ -47,6 +49,22 @@ class QueueCollector:
         yield depth
         yield live
         yield shard
+        yield from redis_memory(self.router.client)
+
+
+def redis_memory(client):
+    """Redis memory against its limit, per master (host:port, never the URL): nothing when INFO fails."""
+    try:
+        shards = memory.usage(client)
+    except Exception:  # refused by an ACL without +info, or Redis down: the other metrics still count
+        return
+    used = GaugeMetricFamily("gateway_redis_used_memory_bytes", "Redis used_memory (INFO memory)", labels=["shard"])
+    limit = GaugeMetricFamily("gateway_redis_maxmemory_bytes", "Redis maxmemory; 0: no limit", labels=["shard"])
+    for node, info in shards.items():
+        used.add_metric([node], info["used_memory"])
+        limit.add_metric([node], info["maxmemory"])
+    yield used
+    yield limit
 
 
 def render(queue_collector: QueueCollector, multiproc_dir: str | None) -> tuple[bytes, str]:

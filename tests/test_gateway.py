@@ -174,7 +174,7 @@ def test_client_script_prints_ranked_labels_and_fails_on_errors(redis_url, class
 
 def test_one_command_default_runs_embedded_redis_and_a_worker(tmp_path):
     port = free_port()
-    env = {**config_env(make_config(None)), "PORT": str(port)}
+    env = {**config_env(make_config(None)), "PORT": str(port), "DATA_DIR": str(tmp_path / "data")}
     env.pop("REDIS_URL", None)
     server = subprocess.Popen([sys.executable, str(ROOT / "run_server.py")], env=env, cwd=ROOT,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)

@@ -19,6 +19,9 @@ class Keys:
         self.workers = f"{self.base}:workers"        # zset: worker id -> Redis time of its last heartbeat
         self.dead_letter = f"{self.base}:dead"       # list: jobs that killed MAX_ATTEMPTS workers (last 1000)
         self.stats = f"{self.base}:stats"            # hash: counters of all processes (expired, requeued ...)
+        # The result cache's bookkeeping (CACHE_MAX_MB), among its entries: a digest always holds a ":".
+        self.cache_index = f"{self.base}:cache:index"   # zset: cached digest -> unix s its entry expires
+        self.cache_sizes = f"{self.base}:cache:sizes"   # hash: cached digest -> bytes counted; "" -> their total
 
     def processing(self, worker_id: str) -> str:
         """List: what one worker has claimed and not yet acknowledged."""

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 
 import redis
@@ -14,6 +15,9 @@ from image_gateway.errors import INFERENCE_FAILED
 from image_gateway.protocol import scripts
 from image_gateway.protocol.keys import Keys
 from image_gateway.protocol.messages import Job, Result, peek_id
+from image_gateway.redis_url import redact
+
+log = logging.getLogger("gateway.queue")
 
 # What a shard that is failing over answers: lost connections, then CLUSTERDOWN / MOVED until its
 # replica is promoted (seconds). On a cluster, calls that must not give up (a handler waiting for its
@@ -23,6 +27,11 @@ RETRY_PAUSE_S = 0.2            # between those tries
 WAIT_SLICE_S = 0.5             # longest single BLPOP on a cluster (why: see `wait_result`)
 PUBLISH_PATIENCE_S = 15.0      # how long a worker keeps trying to hand results over through a failover
 REPLICA_WAIT_MS = 100          # ENQUEUE_REPLICAS: most ms an enqueue waits for the replicas' ack
+CACHE_MAX_BYTES = 64 * 2**20   # CACHE_MAX_MB's default: bytes of cached results per model version
+# Bytes Redis spends on a cache entry besides its value and key name: the key's dict entry, object and
+# TTL, its digest in the index zset (skiplist node and dict entry) and in the sizes hash. MEMORY USAGE
+# measured ~332 once the cache holds ~1,000 entries (tests/test_durability.py checks the cap holds).
+CACHE_ENTRY_OVERHEAD = 340
 
 
 class ClusterClient(RedisCluster):
@@ -50,14 +59,16 @@ def connect(redis_url: str, request_timeout_s: float, cluster: bool = False) -> 
     try:
         return ClusterClient.from_url(redis_url, retry=Retry(NoBackoff(), 1), **options)
     except RedisClusterException as exc:
-        raise redis.ConnectionError(f"redis cluster at {redis_url}: {exc}") from exc
+        raise redis.ConnectionError(f"redis cluster at {redact(redis_url)}: {exc}") from exc
 
 
 class JobQueue:
     """The reliable queue of one model: every Redis operation of the web tier and the workers."""
 
-    def __init__(self, client: redis.Redis, model: str, prefix: str = "gw", version: str = "1"):
+    def __init__(self, client: redis.Redis, model: str, prefix: str = "gw", version: str = "1",
+                 cache_max_bytes: int = CACHE_MAX_BYTES):
         self.client = client
+        self.cache_max_bytes = cache_max_bytes   # CACHE_MAX_MB: the cache of this model version stays within
         self.model = model
         self.version = version
         self.keys = Keys(prefix, model, version)
@@ -68,6 +79,8 @@ class JobQueue:
         self._workers_by_age = client.register_script(scripts.WORKERS_BY_AGE)
         self._requeue_dead = client.register_script(scripts.REQUEUE_DEAD)
         self._release = client.register_script(scripts.RELEASE)
+        self._cache_put = client.register_script(scripts.CACHE_PUT)
+        self._cache_loaded = False             # CACHE_PUT known to this Redis (it forgets scripts on a restart)
 
     # -- web tier
     def enqueue(self, job: Job, limit: int, bulk: bool = False, replicas: int = 0) -> bool:
@@ -91,6 +104,15 @@ class JobQueue:
             return self._enqueue_replicated(self._master_of(queue), queue, job.encode(), limit, replicas)
         except moved as exc:
             raise redis.ConnectionError(f"enqueue on {queue}: {exc}") from exc
+
+    def withdraw(self, jobs: list[Job], bulk: bool = False) -> int:
+        """Take queued jobs back (a request with several images failed part-way: nobody waits for them).
+        A job a worker already claimed runs; its result expires unread. Returns how many were taken back."""
+        queue = self.keys.bulk if bulk else self.keys.queue
+        pipe = self.client.pipeline(transaction=False)
+        for job in jobs:
+            pipe.lrem(queue, 1, job.encode())
+        return sum(pipe.execute())
 
     def _master_of(self, key: str) -> redis.Redis:
         """The plain client of the cluster master serving `key`'s slot, as this client knows it."""
@@ -171,22 +193,57 @@ class JobQueue:
 
     def publish(self, results: list[Result], ttl_s: int, cache: dict[str, tuple[Result, int]] | None = None,
                 ack: tuple[str, int] | None = None) -> None:
-        """Hand each result to its waiting handler (LPUSH with TTL), store cacheable ones and, with
-        `ack=(worker_id, count)`, forget the worker's oldest `count` claimed messages: one round trip.
+        """Store cacheable results (`cache`: digest -> (result, TTL)) within the cache's cap, hand each
+        result to its waiting handler (LPUSH with TTL) and, with `ack=(worker_id, count)`, forget the
+        worker's oldest `count` claimed messages: one round trip.
 
-        The trim comes after the results in the pipeline, so a crash between them can only make a
-        job run twice (at least once), never lose it.
+        The cache comes first, so a client that sends the same bytes again at once finds it; the trim
+        comes after the results, so a crash between them can only make a job run twice (at least once),
+        never lose it.
         """
+        call = self._cache_call(cache)
+        if call and not self._cache_loaded:    # first use: load the script (EVALSHA in a pipeline cannot)
+            self.store_cached(cache)
+            call = None
+
         def fill(pipe) -> None:
+            if call:
+                pipe.evalsha(self._cache_put.sha, len(call[0]), *call[0], *call[1])
             for result in results:
                 key = self.keys.result(result.id)
                 pipe.lpush(key, result.encode())
                 pipe.expire(key, ttl_s)
-            for digest, (result, cache_ttl) in (cache or {}).items():
-                pipe.set(self.keys.cache(digest), result.encode(), ex=cache_ttl)
             if ack:
                 pipe.ltrim(self.keys.processing(ack[0]), ack[1], -1)
-        self._pipeline(fill, PUBLISH_PATIENCE_S)
+        try:
+            self._pipeline(fill, PUBLISH_PATIENCE_S)
+        except redis.exceptions.NoScriptError:  # Redis restarted: the answers and the ack went through
+            self._cache_loaded = False
+            self.store_cached(cache)
+
+    def _cache_call(self, cache: dict[str, tuple[Result, int]] | None) -> tuple[list, list] | None:
+        """KEYS and ARGV of scripts.CACHE_PUT for these entries; None when there is nothing to cache."""
+        if self.cache_max_bytes <= 0 or not cache:
+            return None
+        ttl_s = max(int(entry_ttl) for _, entry_ttl in cache.values())
+        keys = [self.keys.cache_index, self.keys.cache_sizes, *(self.keys.cache(digest) for digest in cache)]
+        entries = [item for digest, (result, _) in cache.items() for item in (digest, result.encode())]
+        return keys, [ttl_s, int(self.cache_max_bytes), CACHE_ENTRY_OVERHEAD, self.keys.cache(""), *entries]
+
+    def store_cached(self, cache: dict[str, tuple[Result, int]]) -> int:
+        """Cache results for identical images (scripts.CACHE_PUT): the oldest entries make room, so the
+        cache of this model version stays within `cache_max_bytes`. How many were stored; a Redis error
+        costs only the cache entries (logged, not raised)."""
+        call = self._cache_call(cache)
+        if call is None:
+            return 0
+        try:
+            stored = int(self._cache_put(keys=call[0], args=call[1]))
+        except (redis.RedisError, RedisClusterException) as exc:
+            log.warning("results not cached (%s): %s", self.model, exc)
+            return 0
+        self._cache_loaded = True
+        return stored
 
     def _pipeline(self, fill, patience_s: float = 0.0) -> list:
         """Run what `fill(pipe)` queues as one pipeline (one slot on a cluster). On a cluster, keep

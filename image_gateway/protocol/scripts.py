@@ -112,6 +112,52 @@ return #items
 """
 
 
+# Store results in the cache of identical images within CACHE_MAX_MB (per model version). Each entry
+# counts its bytes (value + key + ARGV[3] of Redis' own overhead) in the sizes hash, whose field ""
+# holds the total, and its expiry time in the index. Entries past it are forgotten first (64 a call at
+# most), then the entries that expire first, the oldest, are dropped until the new one fits; an entry
+# bigger than the cap is not stored. Cache keys of dropped entries are built from ARGV[4], which carries
+# the model's hash tag. Returns how many entries were stored.
+#   KEYS[1] cache index (zset)   KEYS[2] cache sizes (hash)   KEYS[3..] cache:<digest> of each entry
+#   ARGV[1] TTL (s)   ARGV[2] cap (bytes)   ARGV[3] overhead per entry (bytes)   ARGV[4] cache key prefix
+#   ARGV[5..] digest, encoded result of each entry, in the order of KEYS[3..]
+CACHE_PUT = """
+local ttl, cap = tonumber(ARGV[1]), tonumber(ARGV[2])
+local time = redis.call('TIME')
+local now = tonumber(time[1]) + tonumber(time[2]) / 1000000   -- microseconds: entries of one second keep their order
+local total = tonumber(redis.call('HGET', KEYS[2], '') or '0')
+local function drop(digest)
+  total = total - tonumber(redis.call('HGET', KEYS[2], digest) or '0')
+  redis.call('HDEL', KEYS[2], digest)
+  redis.call('ZREM', KEYS[1], digest)
+  redis.call('DEL', ARGV[4] .. digest)
+end
+for _, digest in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, 64)) do drop(digest) end
+local stored = 0
+for i = 3, #KEYS do
+  local digest, value = ARGV[2 * i - 1], ARGV[2 * i]
+  local size = #value + #KEYS[i] + tonumber(ARGV[3])
+  if size <= cap then
+    drop(digest)
+    while total + size > cap do
+      local oldest = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '+inf', 'LIMIT', 0, 1)
+      if #oldest == 0 then total = 0 break end
+      drop(oldest[1])
+    end
+    redis.call('SET', KEYS[i], value, 'EX', ttl)
+    redis.call('ZADD', KEYS[1], now + ttl, digest)
+    redis.call('HSET', KEYS[2], digest, size)
+    total = total + size
+    stored = stored + 1
+  end
+end
+redis.call('HSET', KEYS[2], '', total)
+for k = 1, 2 do
+  if redis.call('TTL', KEYS[k]) < ttl then redis.call('EXPIRE', KEYS[k], ttl) end
+end
+return stored
+"""
+
 # ------------------------------------------------------------------ tasks (protocol/tasks.py)
 # Take the next unit and record it as in flight for this feeder.
 #   KEYS[1] units (list)   KEYS[2] in flight (hash unit -> feeder)   ARGV[1] feeder id

@@ -8,6 +8,7 @@ from flask import Blueprint, Response, jsonify, send_from_directory
 
 from image_gateway import metrics
 from image_gateway.errors import GatewayError
+from image_gateway.protocol import memory
 from image_gateway.web.resources import gateway
 
 STATIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")   # package data
@@ -42,7 +43,17 @@ def status():
     live = served.queue.live_workers(gw.config.heartbeat_ttl)
     return jsonify({"model": served.name, "version": served.version, "queue_depth": served.queue.depth(),
                     "shard": served.queue.shard(), "stats": served.queue.stats(),
-                    "workers": [{"id": w, **served.queue.worker_info(w)} for w in live]})
+                    "workers": [{"id": w, **served.queue.worker_info(w)} for w in live],
+                    "redis_memory": redis_memory(gw.router.client)})
+
+
+def redis_memory(client) -> dict | None:
+    """host:port of each Redis master -> used_memory, maxmemory (0: no limit) and maxmemory_policy;
+    None when INFO is refused (an ACL without +info) or fails. Never the URL: it may carry a password."""
+    try:
+        return memory.usage(client)
+    except redis.RedisError:
+        return None
 
 
 @bp.get("/metrics")

@@ -80,7 +80,8 @@ class Worker:
         self.config = config
         self.classifier = classifier
         self.version = version
-        self.queue = protocol.JobQueue(client, classifier.spec.name, config.key_prefix, version)
+        self.queue = protocol.JobQueue(client, classifier.spec.name, config.key_prefix, version,
+                                       cache_max_bytes=int(config.cache_max_mb * 2**20))
         self.worker_id = worker_id or new_worker_id()
         self.claimed = Claimed(config.batch_size)
         self.stopping = threading.Event()

@@ -22,7 +22,8 @@ from image_gateway import startup
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--redis-url", help="overrides REDIS_URL")
+    parser.add_argument("--redis-url", help="overrides REDIS_URL (it shows in the process list: prefer REDIS_URL "
+                        "or REDIS_URL_FILE)")
     parser.add_argument("--model", help="serve only this model (a built-in or a repository model)")
     args = parser.parse_args(argv)
     config = settings_module.load()
