@@ -27,3 +27,15 @@ def test_settings_are_read_from_the_environment_and_validated():
             assert list(bad)[0] in str(exc)
         else:
             raise AssertionError(f"{bad} was accepted")
+
+
+def test_the_endpoints_table_lists_exactly_the_routes():
+    import re
+
+    from image_gateway.web.app import create_app
+    app = create_app(settings.Settings(redis_url="redis://127.0.0.1:1/0"))
+    routes = {f"{method} {rule.rule}" for rule in app.url_map.iter_rules()
+              for method in rule.methods - {"HEAD", "OPTIONS"}}
+    section = README.split("### Endpoints", 1)[1].split("\n### ", 1)[0]
+    documented = set(re.findall(r"^\| `([A-Z]+ /[^`]*)` \|", section, re.MULTILINE))
+    assert documented == routes

@@ -158,7 +158,7 @@ def test_discovery_lists_models_versions_and_states(redis_url, tmp_path, gateway
     gateway = gateways(repository_config(redis_url, tmp_path, models="efficientnet_lite0"))
     listing = gateway.models()
     assert set(listing) == {"toy", "efficientnet_lite0"}
-    ready = {"state": "READY", "live_workers": 1, "runtime": "litert"}       # RUNTIME=auto: LiteRT where it converts
+    ready = {"state": "READY", "live_workers": 1, "format": "keras", "runtime": "litert"}   # RUNTIME=auto: LiteRT
     assert listing["toy"] == {"name": "toy", "kind": "classifier", "input_size": 32, "default": True,
                               "versions": [{"version": "3", **ready}, {"version": "1", **ready}]}
     lite = listing["efficientnet_lite0"]

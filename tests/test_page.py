@@ -298,7 +298,8 @@ def test_model_picker_lists_the_served_models_and_pins_a_version(repository_gate
     pipelines = picker.locator("optgroup.pipelines option").evaluate_all(
         "options => options.map(o => [o.parentElement.label, o.value, o.disabled])")
     assert pipelines == [["Pipelines", "pipeline:face_crops", True],
-                         ["Pipelines", "pipeline:all_classifiers", False]], pipelines
+                         ["Pipelines", "pipeline:all_classifiers", False],
+                         ["Pipelines", "pipeline:ocr", True]], pipelines
     assert "mtcnn" in picker.locator("option[value='pipeline:face_crops']").inner_text()
     expect(picker).to_have_value("toy")                                   # the default model is preselected
     expect(page.locator("#model-status")).to_contain_text("2 models served")
@@ -439,3 +440,35 @@ def test_detector_and_pipeline_boxes_are_drawn_over_the_photo(detector_gateway, 
             [p["label"].replace("_", " ") for p in result["predictions"]])
     expect(fanned.locator(".thumb svg")).to_have_count(0)
     screenshot(page, "page-detections.png")
+
+
+def test_ocr_texts_are_listed_and_their_lines_outlined_over_the_photo(redis_url, new_page):
+    from test_ocr import LINES, encoded, ocr_config, printed
+
+    gateway = Gateway(ocr_config(redis_url))
+    try:
+        page = new_page()
+        page.goto(gateway.url + "/")
+        picker = page.get_by_label("Model", exact=True)
+        expect(picker.locator("option[value='pipeline:ocr']")).to_be_enabled(timeout=RESULT_TIMEOUT_MS)
+        picker.select_option("pipeline:ocr")
+        image, _ = printed(LINES[:3], width=720)
+        body, found = upload_answered(page, None, "letter.jpg", "/v1/pipelines/ocr/predict",
+                                      encoded(image, "JPEG", quality=95))
+        assert [text["text"] for text in body["texts"]] == list(LINES[:3]), body
+        listed = found.locator(".predictions.texts")
+        expect(listed).to_have_attribute("aria-label", "Text in letter.jpg")
+        expect(listed.locator(".prediction .text")).to_have_text(list(LINES[:3]))
+        expect(listed.locator(".prediction .line-number")).to_have_text(["1.", "2.", "3."])
+        lines = found.locator(".thumb svg.boxes .box.text-line")
+        expect(lines).to_have_count(3)
+        expect(lines.locator("text.box-label")).to_have_text(["1", "2", "3"])
+        for index, text in enumerate(body["texts"]):
+            xs, ys = [x for x, _ in text["box"]], [y for _, y in text["box"]]
+            drawn = lines.nth(index).locator("polygon.box-line").bounding_box()
+            want = expected_rect(found.locator(".thumb img"), [min(xs), min(ys), max(xs), max(ys)])
+            assert all(abs(drawn[key] - want[key]) < 3 for key in want), (index, drawn, want)
+        expect(page.locator("#announcer")).to_contain_text("letter.jpg: 3 lines of text: " + LINES[0])
+        screenshot(page, "page-ocr.png")
+    finally:
+        gateway.stop()

@@ -75,7 +75,7 @@ def test_boxes_are_right_for_a_rotated_and_a_large_copy(gateway):
 def test_pipelines_are_listed_with_their_steps(gateway):
     listing = requests.get(gateway.url + "/v1/pipelines", timeout=10).json()["pipelines"]
     by_name = {entry["name"]: entry for entry in listing}
-    assert set(by_name) == {"face_crops", "all_classifiers"}
+    assert set(by_name) == {"face_crops", "all_classifiers", "ocr"}
     assert [step["step"] for step in by_name["face_crops"]["steps"]] == ["detect", "classify"]
     assert by_name["face_crops"]["steps"][0]["model"] == "mtcnn"
     missing = post(gateway.url + "/v1/pipelines/nope/predict", ASTRONAUT)
@@ -143,3 +143,18 @@ def test_killing_a_worker_mid_pipeline_loses_nothing(redis_url, gateway_factory)
     finally:
         for child in children:
             processes.stop(child, 20)
+
+
+def test_pipelines_say_whether_they_can_run_and_how_to_fix_them(redis_url, gateway_factory):
+    web, _ = gateway_factory(make_config(redis_url))      # the shipped file; the default serves one classifier
+    listed = {p["name"]: p for p in requests.get(web.url + "/v1/pipelines", timeout=10).json()["pipelines"]}
+    assert listed["face_crops"]["state"] == "UNAVAILABLE" and "MODELS=mtcnn" in listed["face_crops"]["reason"]
+    assert listed["ocr"]["state"] == "UNAVAILABLE" and "MODELS=ocr_det,ocr_rec" in listed["ocr"]["reason"]
+    assert listed["all_classifiers"]["state"] == "READY"             # whatever classifiers are served
+
+
+def test_an_empty_pipelines_setting_serves_none(redis_url, gateway_factory):
+    from image_gateway import settings
+    assert settings.load({"PIPELINES": ""}).pipelines == ""
+    web, _ = gateway_factory(make_config(redis_url, pipelines=""))
+    assert requests.get(web.url + "/v1/pipelines", timeout=10).json()["pipelines"] == []

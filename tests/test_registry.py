@@ -40,7 +40,7 @@ def test_unknown_name_lists_the_known_models():
 
 
 def test_get_spec_does_not_import_tensorflow_or_keras():
-    code = ("import sys, models; models.get_spec(); models.get_spec('resnet50'); "
+    code = ("import sys; from image_gateway import models; models.get_spec(); models.get_spec('resnet50'); "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in "
             "('tensorflow', 'keras', 'jax', 'torch')))")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,

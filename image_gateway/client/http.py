@@ -65,7 +65,10 @@ def connection_error(exc: Exception) -> dict:
 
 
 def format_result(status: int | None, body: dict) -> str:
-    if body.get("success") and "detections" in body:      # a detector's answer: scored boxes
+    if body.get("success") and "texts" in body:           # an OCR pipeline's answer: one line per text read
+        lines = [f"{i}. {t['text']}: {t['score']:.4f} {t['box']}" for i, t in enumerate(body["texts"], 1)]
+        lines = lines or ["(no text found)"]
+    elif body.get("success") and "detections" in body:    # a detector's answer: scored boxes
         lines = [f"{i}. {d['label']}: {d['score']:.4f} {d['box']}" for i, d in enumerate(body["detections"], 1)]
     elif body.get("success") and "predictions" in body:
         lines = [f"{i}. {p['label']}: {p['probability']:.4f}" for i, p in enumerate(body["predictions"], 1)]

@@ -5,11 +5,15 @@ from __future__ import annotations
 import importlib
 import os
 
+import numpy as np
+
 from image_gateway.models.classifier import Classifier
 from image_gateway.models.errors import ModelError, WeightsError
+from image_gateway.models.file_model import load_file_version
 from image_gateway.models.lite_variants import LITE_VARIANTS
-from image_gateway.models.repository import VersionDir, read_config, version_spec
-from image_gateway.models.spec import DEFAULT_MODEL, DETECTOR_NAME, KERAS_APPS, ModelSpec, get_spec
+from image_gateway.models.model_config import ModelConfig
+from image_gateway.models.repository import VersionDir, version_config, version_spec, without_folder
+from image_gateway.models.spec import DEFAULT_MODEL, DETECTOR_NAME, KERAS_APPS, OCR_MODELS, ModelSpec, get_spec
 
 
 def keras_cache_path(file_name: str) -> str:
@@ -28,9 +32,17 @@ def load_model(name: str = DEFAULT_MODEL, *, weights_path: str | None = None,
     if name == DETECTOR_NAME:
         from image_gateway.models.detector import load_detector
         return load_detector(name)
+    if name in OCR_MODELS:
+        return load_ocr_model(name)
     if name in KERAS_APPS:
         return _load_keras_app(spec, weights_path)
     return _load_keras_file(spec, name)
+
+
+def load_ocr_model(name: str, threads: int = 1):
+    """ocr_det or ocr_rec: rapidocr's PP-OCR ONNX files on ONNX Runtime (models/ocr.py; no TensorFlow)."""
+    from image_gateway.models.ocr import load_ocr_model as load
+    return load(name, threads)
 
 
 def _load_efficientnet_lite(spec: ModelSpec, weights_path: str | None) -> Classifier:
@@ -64,20 +76,42 @@ def _load_keras_app(spec: ModelSpec, weights_path: str | None) -> Classifier:
 
 def _load_keras_file(spec: ModelSpec, path: str) -> Classifier:
     """A user model takes float32 RGB 0..255 and carries its own normalisation layers."""
-    return _keras_classifier(spec, _read_keras_file(path), "none")
+    return _keras_classifier(spec, _read_keras_file(path))
 
 
-def load_repository_version(version: VersionDir) -> Classifier:
-    """A model repository version (see models/repository.py): model.keras with its config and labels."""
-    config = read_config(version)
-    model = _read_keras_file(str(version.path / "model.keras"))
-    spec = version_spec(version, model.outputs[0].shape[-1])
-    return _keras_classifier(spec, model, config.get("preprocessing", "none"))
+def load_repository_version(version: VersionDir, threads: int = 1):
+    """A model repository version (see models/repository.py) with its config and labels: model.onnx or
+    model.tflite as a FileClassifier/FileDetector (on `threads` runtime threads), model.keras as a
+    Classifier. Reasons name the version's files, never their folder."""
+    try:
+        if version.format != "keras":
+            return load_file_version(version, threads)
+        config = version_config(version)
+        model = _read_keras_file(str(version.model_file))
+        spec = version_spec(version, model.outputs[0].shape[-1], config)
+        _check_label_count(spec, model)
+        apply_softmax = config.output == "logits" if config.output else not _ends_in_softmax(model)
+        return Classifier(spec, model, _normaliser(config), apply_softmax=apply_softmax)
+    except ModelError as exc:
+        raise type(exc)(without_folder(str(exc), version)) from None
 
 
-def _keras_classifier(spec: ModelSpec, model, preprocessing: str) -> Classifier:
+def _normaliser(config: ModelConfig):
+    """RGB 0..255 float pixels -> ((pixels * scale) - mean) / std in the model's channel order (keras.ops)."""
+    if config.channel_order == "RGB" and config.scale == 1.0 and not any(config.mean) and config.std == (1.0,) * 3:
+        return _unchanged
+    mean, std = np.asarray(config.mean, np.float32), np.asarray(config.std, np.float32)
+
+    def normalise(pixels):
+        ordered = pixels[..., ::-1] if config.channel_order == "BGR" else pixels
+        return (ordered * config.scale - mean) / std
+
+    return normalise
+
+
+def _keras_classifier(spec: ModelSpec, model) -> Classifier:
     _check_label_count(spec, model)
-    return Classifier(spec, model, PREPROCESSING[preprocessing], apply_softmax=not _ends_in_softmax(model))
+    return Classifier(spec, model, _unchanged, apply_softmax=not _ends_in_softmax(model))
 
 
 def _read_keras_file(path: str):
@@ -89,11 +123,8 @@ def _read_keras_file(path: str):
         raise ModelError(f"cannot load {path}: {exc}") from exc
 
 
-PREPROCESSING = {
-    "none": lambda pixels: pixels,
-    "unit": lambda pixels: pixels / 255.0,
-    "symmetric": lambda pixels: pixels / 127.5 - 1.0,
-}
+def _unchanged(pixels):
+    return pixels
 
 
 def _check_label_count(spec: ModelSpec, model) -> None:

@@ -19,6 +19,8 @@ DEFAULT_MODEL = "efficientnet_lite0"
 IMAGENET_LABELS = Path(__file__).with_name("imagenet_classes.txt")
 STANDARD_CROP = 0.875  # the usual ImageNet evaluation crop: 224 out of 256
 DETECTOR_NAME = "mtcnn"  # the built-in face detector (models/detector.py)
+OCR_DETECTOR, OCR_RECOGNIZER = "ocr_det", "ocr_rec"  # the built-in text detector and recogniser (models/ocr.py)
+OCR_MODELS = (OCR_DETECTOR, OCR_RECOGNIZER)
 
 
 @dataclass(frozen=True)
@@ -29,12 +31,18 @@ class ModelSpec:
     resample: str  # "bilinear" or "bicubic" (Pillow filter name, lower-case)
     labels: tuple[str, ...]  # class names by class id
     kind: str = "classifier"  # "classifier" (predictions) or "detector" (detections)
+    resize: str = "center_crop"  # how the web tier fits a classifier's square: center_crop, squash, letterbox
 
 
 FACE = "face"
 # input_size: the default longest side of the working image (the web tier's setting may differ);
 # crop_fraction 1.0: never cropped; resample: the filter for shrinking to the working size.
 MTCNN_SPEC = ModelSpec(DETECTOR_NAME, DEFAULT_MAX_SIDE, 1.0, "bilinear", (FACE,), kind="detector")
+# OCR: both answer `detections`. ocr_det: text regions (input_size: rapidocr's longest working side);
+# ocr_rec: the text of a line image, as one detection labelled with it (input_size: the line height it reads).
+TEXT = "text"
+OCR_SPECS = {OCR_DETECTOR: ModelSpec(OCR_DETECTOR, 2000, 1.0, "bilinear", (TEXT,), kind="detector"),
+             OCR_RECOGNIZER: ModelSpec(OCR_RECOGNIZER, 48, 1.0, "bilinear", (), kind="detector")}
 
 
 @dataclass(frozen=True)
@@ -82,7 +90,7 @@ KERAS_APPS: dict[str, KerasApp] = {
 
 def known_models() -> list[str]:
     """Model names accepted by get_spec/load_model (besides a path to a .keras file)."""
-    return [*LITE_VARIANTS, DETECTOR_NAME, *KERAS_APPS]
+    return [*LITE_VARIANTS, DETECTOR_NAME, *OCR_MODELS, *KERAS_APPS]
 
 
 def is_keras_file(name: str) -> bool:
@@ -99,6 +107,8 @@ def get_spec(name: str = DEFAULT_MODEL, *, weights_path: str | None = None,
         return ModelSpec(name, lite.input_size, lite.crop_fraction, "bicubic", read_labels(labels_path))
     if name == DETECTOR_NAME:
         return MTCNN_SPEC
+    if name in OCR_SPECS:
+        return OCR_SPECS[name]
     if name in KERAS_APPS:
         app = KERAS_APPS[name]
         return ModelSpec(name, app.input_size, STANDARD_CROP, app.resample,
@@ -134,16 +144,21 @@ def _keras_file_spec(path: str, labels_path: str | None) -> ModelSpec:
 
 def keras_file_input_size(path: str) -> int:
     """Square input side read from the .keras archive's config.json (no Keras import)."""
+    shape = keras_file_input_shape(path)
+    if shape is None or len(shape) != 4 or shape[1] != shape[2] or shape[3] != 3 \
+            or not isinstance(shape[1], int):
+        raise ModelError(f"{path}: input shape must be (None, S, S, 3), found {shape}")
+    return shape[1]
+
+
+def keras_file_input_shape(path: str) -> list | None:
+    """The first input's declared batch shape in the .keras archive's config.json (None: not declared)."""
     try:
         with zipfile.ZipFile(path) as archive:
             config = json.loads(archive.read("config.json"))
     except (OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:
         raise ModelError(f"{path} is not a readable .keras file: {exc}") from exc
-    shape = _first_input_shape(config)
-    if shape is None or len(shape) != 4 or shape[1] != shape[2] or shape[3] != 3 \
-            or not isinstance(shape[1], int):
-        raise ModelError(f"{path}: input shape must be (None, S, S, 3), found {shape}")
-    return shape[1]
+    return _first_input_shape(config)
 
 
 def _first_input_shape(node) -> list | None:

@@ -7,7 +7,7 @@ live workers (heartbeats), so a crashed process never leaves a version that look
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 import redis
 
@@ -26,7 +26,9 @@ class Entry:
     resample: str
     state: str = LOADING            # as announced; routing also needs live workers for READY
     reason: str = ""                # why a version is UNAVAILABLE
-    runtime: str = ""               # what the workers run it on: litert, tensorflow or jax
+    runtime: str = ""               # what the workers run it on: litert, onnxruntime, tensorflow or jax
+    format: str = ""                # the model's file: onnx, tflite or keras (repository), builtin
+    resize: str = "center_crop"     # how the web tier fits a classifier's square (models/resizing.py)
 
     @property
     def field(self) -> str:
@@ -45,4 +47,6 @@ class Catalog:
         self.client.hdel(self.key, f"{name}/{version}")
 
     def entries(self) -> list[Entry]:
-        return [Entry(**json.loads(raw)) for raw in self.client.hvals(self.key)]
+        known = {field.name for field in fields(Entry)}    # an entry from a newer worker may say more
+        return [Entry(**{key: value for key, value in json.loads(raw).items() if key in known})
+                for raw in self.client.hvals(self.key)]

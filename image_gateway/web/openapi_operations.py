@@ -85,6 +85,10 @@ def schemas(config: Settings) -> dict[str, dict]:
                                                              description=STRING, steps=array({"type": "object"})))),
         "PipelineResponse": obj("success id pipeline", success={"const": True}, id=STRING, pipeline=STRING,
                                 models={"type": "object"}, detections=array({"type": "object"}),
+                                texts=array(obj("text score box", text=STRING, score=NUMBER, box=array(
+                                    array(NUMBER, minItems=2, maxItems=2), minItems=4, maxItems=4,
+                                    description="four [x, y] corners in the original image's pixels, clockwise "
+                                                "from the text's top left"))),
                                 results={"type": "object", "additionalProperties": {
                                     "allOf": [ref("Answer"), obj("success model version", success={"const": True},
                                                                  model=STRING, version=STRING)]}}),

@@ -8,19 +8,33 @@ from flask import Blueprint, g, jsonify
 
 from image_gateway import errors, protocol
 from image_gateway.errors import GatewayError
+from image_gateway.protocol.catalog import READY, UNAVAILABLE
 from image_gateway.web.envelope import current_call
 from image_gateway.web.plan_runner import run_plan
 from image_gateway.web.resources import gateway
-from image_gateway.web.uploads import check_api_key, read_upload
+from image_gateway.web.uploads import read_upload
 
 bp = Blueprint("pipelines", __name__)
 
 
 @bp.get("/v1/pipelines")
 def list_pipelines():
-    plans = gateway().plans.values()
-    return jsonify({"pipelines": [{"name": plan.name, "description": plan.description, "steps": plan.steps()}
-                                  for plan in plans]})
+    gw = gateway()
+    return jsonify({"pipelines": [{"name": plan.name, "description": plan.description, "steps": plan.steps(),
+                                   **plan_state(plan, gw.router.view())} for plan in gw.plans.values()]})
+
+
+def plan_state(plan, view: dict) -> dict:
+    """READY when every model the plan needs has a READY version; else UNAVAILABLE with the reason and
+    the setting that fixes it (a shipped pipeline whose models the default does not serve)."""
+    missing = [name for name in plan.needs() if name not in view]
+    if missing:
+        return {"state": UNAVAILABLE, "reason": f"not served: {', '.join(missing)}; serve them with "
+                f"MODELS={','.join(missing)} (or MODEL_REPOSITORY)"}
+    waiting = [name for name in plan.needs() if not any(s.state == READY for s in view[name].values())]
+    if waiting:
+        return {"state": UNAVAILABLE, "reason": f"no ready version yet: {', '.join(waiting)}"}
+    return {"state": READY}
 
 
 @bp.post("/v1/pipelines/<name>/predict")
@@ -28,7 +42,6 @@ def run_pipeline(name: str):
     call = current_call()
     gw = call.gw
     g.job_id = protocol.new_job_id()
-    check_api_key(gw.config)
     plan = gw.plans.get(name)
     if plan is None:
         raise GatewayError(errors.PIPELINE_NOT_FOUND, f"no pipeline {name!r}; pipelines: "

@@ -1,21 +1,25 @@
 """Running a pipeline's plan on one image: every step on the same queues and workers as /predict.
 
 One deadline (the call's) covers the whole pipeline; all crops of an image (or all models of a
-fan-out) are queued together, so they batch. A step that fails fails the request (500
-PIPELINE_STEP_FAILED, or 504 TIMEOUT) with the step named: never a partial answer that looks complete.
+fan-out, or all text lines of an OCR) are queued together, so they batch, with other requests' too. A step
+that fails fails the request (500 PIPELINE_STEP_FAILED, or 504 TIMEOUT) with the step named: never a partial
+answer that looks complete.
 """
 from __future__ import annotations
 
+import numpy as np
+
 from image_gateway import errors, imaging, protocol
 from image_gateway.errors import GatewayError
+from image_gateway.models.text_lines import crop_line, region_corners
 from image_gateway.web.jobs import Call, model_input, new_job, submit, wait
-from image_gateway.web.plans import DetectThenClassify, FanOut, Plan
+from image_gateway.web.plans import DetectThenClassify, FanOut, Ocr, Plan
 from image_gateway.web.routing import Served
 
 
 def run_plan(call: Call, plan: Plan, upload) -> dict:
     """The pipeline's answer fields (a task's call queues its jobs as bulk work)."""
-    runner = fan_out if isinstance(plan, FanOut) else detect_then_classify
+    runner = fan_out if isinstance(plan, FanOut) else ocr if isinstance(plan, Ocr) else detect_then_classify
     return runner(call, plan, upload)
 
 
@@ -31,7 +35,7 @@ def step_output(call: Call, served: Served, job: protocol.Job, step: str) -> dic
 def detect_then_classify(call: Call, plan: DetectThenClassify, upload) -> dict:
     router = call.gw.router
     detector, classifier = router.resolve(plan.detector, None), router.resolve(plan.classifier, None)
-    image = imaging.decode_image(upload.data, max_pixels=call.config.max_image_pixels)
+    image = imaging.decode_image(upload.data, max_pixels=call.config.max_image_pixels, deadline=call.deadline)
     pixels, params = imaging.working_image(image, call.config.detect_max_side)
     found = step_output(call, detector, submit(call, detector, new_job(call, detector, pixels, 1, params)),
                         f"step 1 (detect with {detector.name})")["detections"]
@@ -39,9 +43,8 @@ def detect_then_classify(call: Call, plan: DetectThenClassify, upload) -> dict:
     kept = kept[:plan.max_detections]
     boxes = [imaging.crop_box(d["box"], plan.margin, image.size) for d in kept]
     spec, top_k = classifier.spec, plan.top_k or upload.top_k
-    jobs = [submit(call, classifier, new_job(call, classifier, imaging.resize_center_crop(
-        image.crop(box), size=spec.input_size, crop_fraction=spec.crop_fraction, resample=spec.resample),
-        top_k)) for box in boxes]
+    jobs = [submit(call, classifier, new_job(call, classifier, imaging.fit_square(image.crop(box), spec), top_k))
+            for box in boxes]
     step = f"step 2 (classify with {classifier.name})"
     detections = [{**detection, "crop_box": list(box),
                    "predictions": step_output(call, classifier, job, step)["predictions"]}
@@ -61,6 +64,28 @@ def fan_out(call: Call, plan: FanOut, upload) -> dict:
     return {"results": {served.name: {"success": True, **describe(served),
                                       **step_output(call, served, job, f"model {served.name}")}
                         for served, job in zip(targets, jobs, strict=True)}}
+
+
+def ocr(call: Call, plan: Ocr, upload) -> dict:
+    """Text regions on the working image, each line cut from the original image and read; `texts` in
+    reading order, boxes (four corners, clockwise from the text's top left) in original pixels."""
+    router = call.gw.router
+    detector, recognizer = router.resolve(plan.detector, None), router.resolve(plan.recognizer, None)
+    image = imaging.decode_image(upload.data, max_pixels=call.config.max_image_pixels, deadline=call.deadline)
+    pixels, params = imaging.working_image(image, plan.max_side)
+    found = step_output(call, detector, submit(call, detector, new_job(call, detector, pixels, 1, params)),
+                        f"step 1 (detect text with {detector.name})")["detections"]
+    corners = [box for box in map(region_corners, found) if box is not None][:plan.max_texts]
+    original = np.asarray(image)
+    jobs = [submit(call, recognizer, new_job(call, recognizer, crop_line(original, box, recognizer.spec.input_size), 1))
+            for box in corners]
+    step = f"step 2 (recognize with {recognizer.name})"
+    texts = []
+    for box, job in zip(corners, jobs, strict=True):
+        read = step_output(call, recognizer, job, step)["detections"]
+        if read and read[0]["score"] >= plan.min_score:
+            texts.append({"text": read[0]["label"], "score": read[0]["score"], "box": box})
+    return {"models": {"detect": describe(detector), "recognize": describe(recognizer)}, "texts": texts}
 
 
 def describe(served: Served) -> dict:

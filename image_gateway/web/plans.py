@@ -4,13 +4,19 @@
       {"name": "face_crops", "type": "detect_then_classify",
        "detect":   {"model": "mtcnn", "min_score": 0.9, "labels": ["face"], "max_detections": 20},
        "classify": {"model": "efficientnet_lite0", "margin": 0.2, "top_k": 5}},
-      {"name": "all_classifiers", "type": "fan_out", "models": "all_classifiers"}]}
+      {"name": "all_classifiers", "type": "fan_out", "models": "all_classifiers"},
+      {"name": "ocr", "type": "ocr",
+       "detect":    {"model": "ocr_det", "max_side": 2000, "max_texts": 200},
+       "recognize": {"model": "ocr_rec", "min_score": 0.5}}]}
 
 detect_then_classify: the detector's boxes, kept when their score is at least `min_score` and their
 label is in `labels` (any label when absent), each grown by `margin` (a fraction of its width and
 height on every side), cropped from the original image and classified. fan_out: each model in
 `models` (a list, or "all_classifiers": every classifier served when the request comes) on the same
-image. Every model must be served; a request to a pipeline whose model is not gets MODEL_NOT_FOUND.
+image. ocr: the detector's text regions on the image shrunk to at most `max_side` px (its longest side), at
+most `max_texts` of them in reading order, each cut out of the original image, rectified and sent to the
+recogniser; the lines read with a score of at least `min_score` are the answer's `texts`. Every model must be
+served; a request to a pipeline whose model is not gets MODEL_NOT_FOUND.
 """
 from __future__ import annotations
 
@@ -33,6 +39,9 @@ class DetectThenClassify:
     margin: float = 0.0
     top_k: int | None = None
 
+    def needs(self) -> tuple[str, ...]:
+        return self.detector, self.classifier
+
     def steps(self) -> list[dict]:
         return [{"step": "detect", "model": self.detector, "min_score": self.min_score,
                  "labels": list(self.labels), "max_detections": self.max_detections},
@@ -45,11 +54,32 @@ class FanOut:
     models: tuple[str, ...] = field(default_factory=tuple)    # empty: every served classifier
     description: str = ""
 
+    def needs(self) -> tuple[str, ...]:
+        return self.models               # all_classifiers: whatever is served
+
     def steps(self) -> list[dict]:
         return [{"step": "fan_out", "models": list(self.models) or ALL_CLASSIFIERS}]
 
 
-Plan = DetectThenClassify | FanOut
+@dataclass(frozen=True)
+class Ocr:
+    name: str
+    detector: str
+    recognizer: str
+    description: str = ""
+    max_side: int = 2000           # rapidocr's own bound on the image its detector sees
+    max_texts: int = 200
+    min_score: float = 0.5         # rapidocr's text_score: lines read less surely are left out
+
+    def needs(self) -> tuple[str, ...]:
+        return self.detector, self.recognizer
+
+    def steps(self) -> list[dict]:
+        return [{"step": "detect", "model": self.detector, "max_side": self.max_side, "max_texts": self.max_texts},
+                {"step": "recognize", "model": self.recognizer, "min_score": self.min_score}]
+
+
+Plan = DetectThenClassify | FanOut | Ocr
 
 
 def load_plans(path: str | None) -> dict[str, Plan]:
@@ -75,4 +105,16 @@ def parse_plan(entry: dict) -> Plan:
     if kind == "fan_out":
         models = entry.get("models", ALL_CLASSIFIERS)
         return FanOut(entry["name"], () if models == ALL_CLASSIFIERS else tuple(models), entry.get("description", ""))
+    if kind == "ocr":
+        return parse_ocr(entry)
     raise ValueError(f"pipeline {entry.get('name')!r}: unknown type {kind!r}")
+
+
+def parse_ocr(entry: dict) -> Ocr:
+    detect, recognize = entry["detect"], entry["recognize"]
+    plan = Ocr(entry["name"], detect["model"], recognize["model"], entry.get("description", ""),
+               int(detect.get("max_side", 2000)), int(detect.get("max_texts", 200)),
+               float(recognize.get("min_score", 0.5)))
+    if plan.max_side < 32 or plan.max_texts < 1:
+        raise ValueError(f"pipeline {plan.name!r}: max_side must be at least 32 and max_texts at least 1")
+    return plan

@@ -35,10 +35,11 @@ class Served:
     reason: str
     live_workers: int
     runtime: str = ""
+    format: str = ""                # onnx, tflite, keras or builtin
 
     def describe(self) -> dict:
         body = {"version": self.version, "state": self.state, "live_workers": self.live_workers}
-        extra = {"reason": self.reason, "runtime": self.runtime}
+        extra = {"reason": self.reason, "format": self.format, "runtime": self.runtime}
         return {**body, **{key: value for key, value in extra.items() if value}}
 
 
@@ -68,12 +69,13 @@ class Router:
         return self._view
 
     def _build_view(self) -> dict[str, dict[str, Served]]:
-        announced = {(spec.name, "1"): (spec, LOADING, "", "") for spec in self.builtins.values()}
+        announced = {(spec.name, "1"): (spec, LOADING, "", "", "builtin") for spec in self.builtins.values()}
         for entry in self.catalog.entries():
-            spec = models.ModelSpec(entry.name, entry.input_size, entry.crop_fraction, entry.resample, (), entry.kind)
-            announced[(entry.name, entry.version)] = (spec, entry.state, entry.reason, entry.runtime)
+            spec = models.ModelSpec(entry.name, entry.input_size, entry.crop_fraction, entry.resample, (), entry.kind,
+                                    entry.resize)
+            announced[(entry.name, entry.version)] = (spec, entry.state, entry.reason, entry.runtime, entry.format)
         view: dict[str, dict[str, Served]] = {}
-        for (name, version), (spec, state, reason, runtime) in announced.items():
+        for (name, version), (spec, state, reason, runtime, file_format) in announced.items():
             queue = self.queue(name, version)
             try:
                 live = len(queue.live_workers(self.config.heartbeat_ttl))
@@ -86,22 +88,21 @@ class Router:
                 state, reason = READY, ""
             elif state == READY:
                 state, reason = UNAVAILABLE, NO_WORKER
-            view.setdefault(name, {})[version] = Served(name, version, spec, queue, state, reason, live, runtime)
+            view.setdefault(name, {})[version] = Served(name, version, spec, queue, state, reason, live, runtime,
+                                                        file_format)
         return view
 
     def resolve(self, name: str | None, version: str | None) -> Served:
         """The version a request names, or the newest ready one; 404/503 errors otherwise."""
         name = name or self.default_name
         versions = self.versions_of(name)
-        if version is None:
-            return newest(versions)
-        if not VERSION.match(str(version)) or str(version) not in versions:
+        if version is not None and (not VERSION.match(str(version)) or str(version) not in versions):
             known = ", ".join(sorted(versions, key=int))
             raise GatewayError(errors.MODEL_VERSION_NOT_FOUND, f"model {name!r} has no version {version!r}; "
                                f"versions: {known}")
-        served = versions[str(version)]
-        if served.state == UNAVAILABLE and served.reason != NO_WORKER:
-            raise GatewayError(errors.MODEL_UNAVAILABLE, f"model {name!r} version {version}: {served.reason}",
+        served = newest(versions) if version is None else versions[str(version)]
+        if served.state == UNAVAILABLE and served.reason != NO_WORKER:     # no version of it loaded, or this one
+            raise GatewayError(errors.MODEL_UNAVAILABLE, f"model {name!r} version {served.version}: {served.reason}",
                                {"Retry-After": str(self.config.retry_after)})
         return served
 

@@ -1,6 +1,7 @@
 /* The page: send each chosen image to `POST predict` (with the model picked from `GET v1/models`) or to
    `POST v1/pipelines/<name>/predict` (a pipeline from `GET v1/pipelines`) and show its top labels, its
-   detections (as text, and as boxes drawn over the thumbnail), or its error in words. */
+   detections (as text, and as boxes drawn over the thumbnail), the texts an OCR pipeline read (listed,
+   and their lines outlined and numbered over the thumbnail), or its error in words. */
 "use strict";
 
 (function () {
@@ -437,9 +438,10 @@
     return { ok: false, code, status: response.status, detail: "", retryAfter };
   }
 
-  // A classifier answers `predictions`; a detector (a model of another kind) answers `detections`.
+  // A classifier answers `predictions`; a detector (a model of another kind) answers `detections`; an OCR
+  // pipeline answers `texts` (each with the four corners of its line).
   function isAnswer(body) {
-    return Array.isArray(body.predictions) || Array.isArray(body.detections);
+    return Array.isArray(body.predictions) || Array.isArray(body.detections) || Array.isArray(body.texts);
   }
 
   // A fan-out pipeline answers `results`: one answer per model, each shaped like that model's own.
@@ -450,6 +452,10 @@
   }
 
   function resultRows(body) {
+    if (Array.isArray(body.texts)) {         // verbatim: no underscores turned into spaces here
+      return body.texts.map((t, index) => ({ label: String(t.text), probability: t.score, number: index + 1,
+                                             title: isQuad(t.box) ? "corners " + t.box.map((p) => p.join(", ")).join("; ") : "" }));
+    }
     if (Array.isArray(body.predictions)) {
       return body.predictions.map((p) => ({ label: humanLabel(p.label), probability: p.probability,
                                             title: p.class_id !== undefined ? "class " + p.class_id : "" }));
@@ -474,8 +480,13 @@
     const list = el("ol", "predictions");
     list.setAttribute("aria-label", ariaLabel);
     rows.forEach((prediction, index) => {
-      const item = el("li", index === 0 ? "prediction top" : "prediction");
-      const label = el("span", "label", prediction.label);
+      const item = el("li", index === 0 && prediction.number === undefined ? "prediction top" : "prediction");
+      const label = el("span", "label");
+      if (prediction.number !== undefined) {          // a text line: numbered as its outline on the photo
+        label.append(el("span", "line-number", prediction.number + "."), " ", el("span", "text", prediction.label));
+      } else {
+        label.textContent = prediction.label;
+      }
       if (prediction.title) label.title = prediction.title;
       const value = el("span", "value", percent(prediction.probability));
       const bar = el("span", "bar");
@@ -499,9 +510,11 @@
     answers.forEach(([model, answer]) => {
       const rows = resultRows(answer);
       const classified = Array.isArray(answer.predictions);
-      const list = predictionList(rows, (classified ? "Top labels " : "Detections ") + (model ? "of " + model + " " : "") +
-                                  (classified ? "for " : "in ") + name,
-                                  classified ? "No labels returned." : "Nothing found.");
+      const read = Array.isArray(answer.texts);
+      const list = predictionList(rows, (classified ? "Top labels " : read ? "Text " : "Detections ") +
+                                  (model ? "of " + model + " " : "") + (classified ? "for " : "in ") + name,
+                                  classified ? "No labels returned." : read ? "No text found." : "Nothing found.");
+      if (read) list.classList.add("texts");
       if (model) {
         const section = el("div", "model-result");
         const heading = el("h4", "model-heading", model);
@@ -514,8 +527,8 @@
         card.result.append(list);
       }
       const top = rows[0];
-      spoken.push((model ? model + ": " : "") + (top ? top.label + ", " + percent(top.probability)
-        : (classified ? "no labels returned" : "nothing found")));
+      spoken.push((model ? model + ": " : "") + (read ? readAloud(rows)
+        : top ? top.label + ", " + percent(top.probability) : (classified ? "no labels returned" : "nothing found")));
     });
     const meta = el("p", "meta");
     meta.append(el("span", "elapsed", elapsedMs + " ms"));
@@ -530,12 +543,35 @@
     card.state.hidden = true;
     card.root.classList.add("done");
     card.root.setAttribute("aria-busy", "false");
-    const detections = [];
+    const shapes = [];
     answers.forEach(([, answer]) => {
-      if (Array.isArray(answer.detections)) detections.push(...answer.detections);
+      if (Array.isArray(answer.detections)) {
+        shapes.push(...answer.detections.filter((d) => d && isBox(d.box)).map((d) => ({ box: d.box, label: boxLabel(d) })));
+      }
+      if (Array.isArray(answer.texts)) {
+        answer.texts.forEach((t, index) => {
+          if (t && isQuad(t.box)) shapes.push({ points: t.box, label: String(index + 1) });
+        });
+      }
     });
-    drawBoxes(card, detections);
+    drawBoxes(card, shapes);
     announce(name + ": " + spoken.join("; ") + ".");
+  }
+
+  function readAloud(rows) {
+    if (!rows.length) return "no text found";
+    return (rows.length === 1 ? "1 line of text" : rows.length + " lines of text") + ": " + rows[0].label +
+           (rows.length > 1 ? " \u2026" : "");
+  }
+
+  function isBox(box) {
+    return Array.isArray(box) && box.length === 4 && box.every((value) => Number.isFinite(Number(value)));
+  }
+
+  // Four [x, y] corners (an OCR line, possibly turned).
+  function isQuad(points) {
+    return Array.isArray(points) && points.length === 4 && points.every((point) => Array.isArray(point) &&
+      point.length === 2 && point.every((value) => Number.isFinite(Number(value))));
   }
 
   // ------------------------------------------------------------------ boxes over the thumbnail
@@ -553,10 +589,9 @@
     card.overlay = null;
   }
 
-  function drawBoxes(card, detections) {
+  // `boxes`: {box: [x0, y0, x1, y1]} (a detection) or {points: four [x, y]} (an OCR line), each with a `label`.
+  function drawBoxes(card, boxes) {
     clearBoxes(card);
-    const boxes = detections.filter((d) => d && Array.isArray(d.box) && d.box.length === 4 &&
-                                           d.box.every((value) => Number.isFinite(Number(value))));
     const img = card.img;
     if (!boxes.length || !img) return;
     const drawing = {};
@@ -585,12 +620,18 @@
     overlay.setAttribute("aria-hidden", "true");
     overlay.setAttribute("focusable", "false");
     overlay.boxes = [];
-    boxes.forEach((detection) => {
-      const [x0, y0, x1, y1] = detection.box.map(Number);
-      const left = Math.max(0, Math.min(x0, x1)), right = Math.min(width, Math.max(x0, x1));
-      const top = Math.max(0, Math.min(y0, y1)), bottom = Math.min(height, Math.max(y0, y1));
-      const group = svg("g", "box");
+    boxes.forEach((shape) => {
+      const xs = shape.points ? shape.points.map((p) => Number(p[0])) : [shape.box[0], shape.box[2]].map(Number);
+      const ys = shape.points ? shape.points.map((p) => Number(p[1])) : [shape.box[1], shape.box[3]].map(Number);
+      const left = Math.max(0, Math.min(...xs)), right = Math.min(width, Math.max(...xs));
+      const top = Math.max(0, Math.min(...ys)), bottom = Math.min(height, Math.max(...ys));
+      const group = svg("g", shape.points ? "box text-line" : "box");
       const shapes = ["box-halo", "box-line"].map((className) => {
+        if (shape.points) {
+          const polygon = svg("polygon", className);
+          polygon.setAttribute("points", shape.points.map((p) => Number(p[0]) + "," + Number(p[1])).join(" "));
+          return polygon;
+        }
         const rect = svg("rect", className);
         rect.setAttribute("x", left);
         rect.setAttribute("y", top);
@@ -599,7 +640,7 @@
         return rect;
       });
       const label = svg("text", "box-label");
-      label.textContent = boxLabel(detection);
+      label.textContent = shape.label;
       group.append(...shapes, label);
       overlay.appendChild(group);
       overlay.boxes.push({ left, top, right, bottom, label });
