@@ -53,7 +53,10 @@ def connect(redis_url: str, request_timeout_s: float, cluster: bool = False) -> 
     connection or CLUSTERDOWN the client reads the slot map again and retries once, so a slot that moved
     is followed at once, while a shard that is still failing over fails fast (503, workers back off).
     """
-    options = {"socket_connect_timeout": 2.0, "socket_timeout": request_timeout_s + 5, "health_check_interval": 15}
+    # lib_name/lib_version None: no CLIENT SETINFO on connect (Redis < 7.2 lacks it, and the gateway's ACL
+    # user is not granted CLIENT at all: deploy/users.acl).
+    options = {"socket_connect_timeout": 2.0, "socket_timeout": request_timeout_s + 5, "health_check_interval": 15,
+               "lib_name": None, "lib_version": None}
     if not cluster:
         return redis.Redis.from_url(redis_url, **options)
     try:
