@@ -11,7 +11,9 @@ which URL_ALLOWLIST=127.0.0.1 admits):
 The task case also observes `--settle` s of feeding. The peak is the web process' VmHWM, reset
 before each case (/proc/PID/clear_refs); the bound is its RSS before the case plus DECODE_BUDGET_MP
 at 8 bytes per pixel, plus `--clients` request bodies held in memory (the front keeps bodies up to
-1 MiB in memory, larger ones in temporary files), plus 256 MiB for threads, arenas and answers.
+1 MiB in memory, larger ones in temporary files), plus the model inputs the requests hold while they
+wait (a `/v2` request decodes all its images before queueing them: MAX_BATCH_IMAGES x 224 x 224 x 3
+bytes each; a task's feeder holds TASK_WINDOW), plus 256 MiB for threads, arenas and answers.
 """
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ from PIL import Image
 
 from bench import log
 from bench.gateway import Gateway
+from image_gateway import models
 from image_gateway import settings as settings_module
 
 IN_MEMORY_BODY = 1 << 20
@@ -75,11 +78,12 @@ def cases(config: settings_module.Settings, image_url: str) -> dict:
     batch = {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [config.max_batch_images],
                          "data": [element] * config.max_batch_images}]}
     urls = {"urls": [f"{image_url}/{i}.png" for i in range(config.max_task_images)]}
-    return {
-        "largest_png": ("/predict", {"files": {"image": ("largest.png", largest)}}),
+    return {                                 # name: (path, request, images one request holds decoded)
+        "largest_png": ("/predict", {"files": {"image": ("largest.png", largest)}}, 1),
         "v2_batch": (f"/v2/models/{config.model}/infer", {"data": json.dumps(batch),
-                                                          "headers": {"Content-Type": "application/json"}}),
-        "task_urls": ("/v1/tasks", {"json": urls}),
+                                                          "headers": {"Content-Type": "application/json"}},
+                     config.max_batch_images),
+        "task_urls": ("/v1/tasks", {"json": urls}, 0),
     }
 
 
@@ -114,13 +118,17 @@ def main(argv: list[str] | None = None) -> dict:
     env = {"URL_ALLOWLIST": "127.0.0.1", "DATA_DIR": "", "LOG_LEVEL": "WARNING"}
     gateway = Gateway(Path(args.json).with_suffix(".log"), env).start()
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    bound_extra_mib = config.decode_budget_mp * 8 + args.clients * IN_MEMORY_BODY / 2**20 + MARGIN_MIB
+    spec = models.get_spec(config.model)
+    input_mib = spec.input_size ** 2 * 3 / 2**20
+    fixed_mib = config.decode_budget_mp * 8 + args.clients * IN_MEMORY_BODY / 2**20 + MARGIN_MIB \
+        + config.task_window * input_mib
     results = {"settings": {name: getattr(config, name) for name in ("decode_budget_mp", "max_image_pixels",
                             "max_batch_images", "max_task_images", "max_upload_bytes", "task_window")}}
     try:
         chosen = cases(config, f"http://127.0.0.1:{image_server.server_port}")
         for name in args.cases.split(","):
-            path, request = chosen[name]
+            path, request, held = chosen[name]
+            bound_extra_mib = fixed_mib + args.clients * held * input_mib
             settle_s = args.settle if name == "task_urls" else 0.0
             results[name] = run_case(gateway.url, gateway.process.pid, args.clients, path, request, bound_extra_mib,
                                      settle_s)

@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 
 from bench import loadgen, report
+from conftest import ARTIFACTS
 from image_gateway import imaging
 from image_gateway.models import ModelSpec
 from image_gateway.redis_server import free_port
@@ -409,3 +410,21 @@ def test_the_gpu_run_script_end_to_end_on_the_cpu(tmp_path):
     assert result["raw_images_per_s"] > 0 and result["end_to_end_images_per_s"] > 0
     assert result["errors"] == 0 and result["levels"][0]["concurrency"] == 4
     assert result["ratio"] == round(result["end_to_end_images_per_s"] / result["raw_images_per_s"], 3)
+
+
+def test_hostile_mode_reports_peak_rss_against_the_settings_bound(tmp_path):
+    """`python -m bench --hostile`, short: two largest-PNG requests and two URL tasks against a real
+    `python run_server.py`; the JSON has the peak and the bound per case."""
+    out = tmp_path / "hostile.json"
+    done = subprocess.run([sys.executable, "-m", "bench", "--hostile", "--json", str(out), "--clients", "2",
+                           "--cases", "largest_png,task_urls", "--settle", "1"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=600,
+                          env={**os.environ, "LITERT_CACHE_DIR": str(ARTIFACTS / "litert-cache")})
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["settings"]["decode_budget_mp"] > 0
+    for case in ("largest_png", "task_urls"):
+        row = result[case]
+        assert row["clients"] == 2 and row["peak_rss_mib"] >= row["rss_before_mib"] > 0
+        assert row["within_bound"] and row["peak_rss_mib"] <= row["bound_mib"]
+    assert set(result["task_urls"]["status_codes"]) == {"202"}
