@@ -44,11 +44,14 @@ def main(argv: list[str] | None = None) -> None:
     if not args.no_worker:
         from image_gateway.worker.host import start_workers
         workers = start_workers(config)
+    app = None
     try:
         app = create_app(config)
         app.extensions["feeder"].start()
         serve(app, config)
     finally:
+        if app is not None:     # before Redis goes: a feeder mid-task would log "redis unavailable" on the way out
+            app.extensions["feeder"].stop(wait_s=5)
         if workers:
             workers.stop(config.request_timeout)
         if embedded_redis:

@@ -89,11 +89,13 @@ class ServerThread:
         return f"http://127.0.0.1:{self.port}"
 
     def stop(self) -> None:
-        self.server.stop()
-        self.thread.join(10)
         feeder = getattr(self.server.wsgi_app, "extensions", {}).get("feeder")
-        if feeder:
-            feeder.stop()          # an old test's app must not feed the next test's tasks
+        try:
+            self.server.stop()
+            self.thread.join(10)
+        finally:
+            if feeder:     # an old test's app must not feed the next test's tasks, nor outlive (and log) its Redis
+                feeder.stop(wait_s=5)
 
 
 class WorkerThread:

@@ -46,10 +46,13 @@ class Feeder:
     def wake(self) -> None:
         self.woken.set()
 
-    def stop(self) -> None:
+    def stop(self, wait_s: float = 0.0) -> None:
+        """Stop feeding; with wait_s, wait that long for the feeder's thread to end (before its Redis goes)."""
         self.stopping.set()
         self.woken.set()
         self.pool.shutdown(wait=False, cancel_futures=True)
+        if wait_s and self.thread.is_alive():
+            self.thread.join(wait_s)
 
     def _run(self) -> None:
         while not self.stopping.is_set():
@@ -58,6 +61,8 @@ class Feeder:
                 for task_id in self.store.active():
                     self._feed(task_id)
             except redis.RedisError as exc:   # Redis down: the tasks wait in Redis; try again later
+                if self.stopping.is_set():    # stopped meanwhile: its Redis may be gone already, nothing to say
+                    return
                 log.warning("task feeder: redis unavailable: %s", exc)
                 pause = 5.0
             except Exception:                 # a bug: keep the feeder alive, try again shortly
@@ -87,7 +92,8 @@ class Feeder:
             result = run_unit(self.app.extensions["gateway"], task_id, unit, meta)
             self.store.finish(task_id, unit, result)
         except Exception:          # Redis down mid-unit: the next lease holder feeds it again
-            log.exception("task %s unit %s failed", task_id, unit)
+            if not self.stopping.is_set():
+                log.exception("task %s unit %s failed", task_id, unit)
         finally:
             self.slots.release()
             self.woken.set()
