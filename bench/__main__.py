@@ -58,6 +58,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--compare-runtime", choices=settings_module.RUNTIMES, metavar="RUNTIME",
                         help="then the same raw baseline, pipeline and sweep with the gateway on RUNTIME "
                              "(e.g. tensorflow), reported side by side")
+    parser.add_argument("--no-int8", action="store_true", help="skip the int8 figures and int8 gateway (bench/int8.py)")
     args = parser.parse_args(argv)
     if args.compare_runtime and args.url:
         parser.error("--compare-runtime starts its own gateways; it does not go with --url")
@@ -207,6 +208,9 @@ def main(argv: list[str] | None = None) -> None:
         compare["machine"] = {"tensorflow_backend": compare.pop("raw_backend"), "same_as": "the main run"}
         result["compare"] = compare
         result["compare_speedup"] = report.speedups(result, compare)
+    if not args.no_int8:
+        from bench import int8
+        result.update(int8.measure(args, config, pool, recipe, result))
     result["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     print()
     print(report.format_table(result))

@@ -1,4 +1,4 @@
-"""The EfficientNet-Lite sizes: evaluation geometry, scaling and where the weights ship.
+"""The EfficientNet-Lite sizes: evaluation geometry, scaling and where the weights ship; their int8 names.
 
 Cheap on purpose (no Keras import): the web tier reads input sizes and crops from here.
 """
@@ -40,6 +40,9 @@ LITE_VARIANTS: dict[str, LiteVariant] = {
                                       "models/efficientnet-lite2-9656183e.pth"),
 }
 DEFAULT_VARIANT = "efficientnet_lite0"
+# Each size also comes full-integer quantised (models/quantize.py): the int8 name -> its fp32 model.
+INT8_SUFFIX = "_int8"
+INT8_VARIANTS: dict[str, str] = {f"{name}{INT8_SUFFIX}": name for name in LITE_VARIANTS}
 
 
 def variant_of(name: str) -> LiteVariant:

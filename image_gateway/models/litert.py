@@ -3,13 +3,17 @@
 Why: EfficientNet-Lite was designed for TFLite; on CPU the XNNPACK interpreter runs it 2-3x faster
 than the TF `tf.function`, and a worker whose converted file is cached never imports TensorFlow
 (faster start, far less memory). The converted flatbuffer holds preprocessing, the network and
-softmax: float32 RGB 0..255 in, probabilities out, fp32 weights (int8 was slower and not exact).
+softmax: float32 RGB 0..255 in, probabilities out, fp32 weights. The *_int8 built-ins are full-integer
+files (models/quantize.py) that end at the logits; their softmax runs here, in numpy.
 
 Cache: `<cache_dir>/<model>-<key>.tflite`, key = sha256 of (format, model name, input size, sha256
-of the weights file, TensorFlow and Keras versions), all known without importing TensorFlow, so a
-worker decides hit or miss before loading Keras. Written to a temporary name and renamed: two
-workers converting at once are safe. Stale files are never read again; delete them by hand.
-The worker's one call: `load_litert_model(name, cache_dir, threads)`.
+of the weights file, TensorFlow and Keras versions; for int8 also the calibration recipe, the check
+set and its bars), all known without importing TensorFlow, so a worker decides hit or miss before
+loading Keras. An int8 file has a `<same name>.check.json` beside it with its accuracy figures; a
+conversion that failed the check leaves only that file (passed: false), so it is not redone.
+Written to a temporary name and renamed: two workers converting at once are safe. Stale files are
+never read again; delete them by hand.
+The worker's one call: `load_litert_model(name, cache_dir, threads)`, int8 names included.
 """
 
 from __future__ import annotations
@@ -27,8 +31,10 @@ import threading
 
 import numpy as np
 
+from image_gateway.models import quantize
 from image_gateway.models.classifier import Classifier, _check_batch
 from image_gateway.models.errors import ModelError
+from image_gateway.models.lite_variants import INT8_VARIANTS
 from image_gateway.models.loading import keras_cache_path, load_model
 from image_gateway.models.spec import DEFAULT_MODEL, KERAS_APPS, ModelSpec, get_spec, is_keras_file
 
@@ -50,16 +56,18 @@ class LiteRTClassifier:
     interpreter's own thread count (1: scale with calling threads instead). A call made while no
     other call is running borrows the one shared "solo" interpreter with a thread per core: a lone
     request is answered at the model's fastest latency, and under load (calls overlap) every thread
-    keeps its own 1-thread interpreter.
+    keeps its own 1-thread interpreter. logits: the file ends at the logits (int8), softmax is applied here.
     """
 
     runtime = "litert"
 
     def __init__(self, spec: ModelSpec, *, model_path: str | None = None,
-                 model_content: bytes | None = None, threads: int = 1):
+                 model_content: bytes | None = None, threads: int = 1, logits: bool = False):
         if (model_path is None) == (model_content is None):
             raise ValueError("give exactly one of model_path and model_content")
         self.spec, self.model_path, self.threads, self._content = spec, model_path, threads, model_content
+        self.logits = logits
+        self.accuracy: dict | None = None   # int8: the check's figures (quantize.Agreement.as_dict)
         self._local = threading.local()
         self._calls, self._calls_lock = 0, threading.Lock()   # predict calls in flight
         cores = len(os.sched_getaffinity(0))
@@ -85,7 +93,7 @@ class LiteRTClassifier:
             interpreter.set_tensor(input_index, image[np.newaxis].astype(np.float32, copy=False))
             interpreter.invoke()
             probabilities[row] = interpreter.get_tensor(output_index)[0]
-        return probabilities
+        return quantize.softmax(probabilities) if self.logits else probabilities
 
     def _interpreter(self):
         """This thread's (interpreter, input index, output index), created on first use."""
@@ -166,10 +174,13 @@ def source_weights_path(name: str, weights_path: str | None = None) -> str | Non
 
 
 def cache_key(spec: ModelSpec, weights_digest: str) -> str:
-    """What a converted file depends on, hashed: weights, input size, converter and Keras versions."""
+    """What a converted file depends on, hashed: weights, input size, converter and Keras versions, and
+    for int8 the calibration recipe, check set and bars (quantize.KEY_FIELDS)."""
     fields = {"format": FORMAT_VERSION, "model": spec.name, "input_size": spec.input_size,
               "weights": weights_digest, "tensorflow": converter_version(),
               "keras": _dist_version("keras")}
+    if spec.precision == "int8":
+        fields.update(quantize.KEY_FIELDS)
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 
 
@@ -187,7 +198,9 @@ def load_cached_litert(spec: ModelSpec, key: str, cache_dir: str = DEFAULT_CACHE
     if not os.path.isfile(path):
         return None
     try:
-        return LiteRTClassifier(spec, model_path=path, threads=threads)
+        classifier = LiteRTClassifier(spec, model_path=path, threads=threads, logits=spec.precision == "int8")
+        classifier.accuracy = read_check(path) if spec.precision == "int8" else None
+        return classifier
     except (ValueError, RuntimeError, ModelError) as exc:
         log.warning("ignoring unreadable LiteRT cache file %s: %s", path, exc)
         with contextlib.suppress(OSError):
@@ -205,14 +218,19 @@ def load_litert(classifier: Classifier, cache_dir: str = DEFAULT_CACHE_DIR, thre
     cached = load_cached_litert(spec, key, cache_dir, threads)
     if cached is not None:
         return cached
-    content = convert(classifier)
-    path = cache_path(cache_dir, spec, key)
+    return _stored(spec, cache_path(cache_dir, spec, key), convert(classifier), threads)
+
+
+def _stored(spec: ModelSpec, path: str, content: bytes, threads: int) -> LiteRTClassifier:
+    """The converted model, written to the cache at `path` and loaded from there (from memory when the
+    cache is not writable)."""
+    logits = spec.precision == "int8"
     try:
         write_atomic(path, content)
-        return LiteRTClassifier(spec, model_path=path, threads=threads)
+        return LiteRTClassifier(spec, model_path=path, threads=threads, logits=logits)
     except OSError as exc:
         log.warning("cannot cache the LiteRT model at %s (%s); using it from memory", path, exc)
-        return LiteRTClassifier(spec, model_content=content, threads=threads)
+        return LiteRTClassifier(spec, model_content=content, threads=threads, logits=logits)
 
 
 def load_litert_model(name: str = DEFAULT_MODEL, cache_dir: str = DEFAULT_CACHE_DIR,
@@ -221,6 +239,8 @@ def load_litert_model(name: str = DEFAULT_MODEL, cache_dir: str = DEFAULT_CACHE_
     """The worker's call: the cached LiteRT model without importing TensorFlow when it exists;
     else load Keras, convert and cache. With fallback=True a model that does not convert is
     returned as the Keras Classifier (logged as a warning) instead of raising LiteRTError."""
+    if name in INT8_VARIANTS:       # never falls back: fp32 under an int8 name would be a lie
+        return load_int8_model(name, cache_dir, threads, weights_path=weights_path, labels_path=labels_path)
     spec = get_spec(name, labels_path=labels_path)
     source = source_weights_path(name, weights_path)
     key = cache_key(spec, file_digest(source)) if source else None
@@ -238,6 +258,58 @@ def load_litert_model(name: str = DEFAULT_MODEL, cache_dir: str = DEFAULT_CACHE_
         return classifier
     log.info("LiteRT model for %s converted to %s", name, lite.model_path or "memory")
     return lite
+
+
+# -- int8 ----------------------------------------------------------------------------------------
+
+def check_path(model_path: str) -> str:
+    """Where an int8 file's accuracy figures are kept: beside it, .check.json for .tflite."""
+    return model_path.removesuffix(".tflite") + ".check.json"
+
+
+def read_check(model_path: str) -> dict | None:
+    """The accuracy figures of an int8 conversion (None when there are none)."""
+    with contextlib.suppress(OSError, ValueError), open(check_path(model_path), encoding="utf-8") as stream:
+        figures = json.load(stream)
+        return figures if isinstance(figures, dict) else None
+    return None
+
+
+def load_int8_model(name: str, cache_dir: str = DEFAULT_CACHE_DIR, threads: int = 1, *,
+                    weights_path: str | None = None, labels_path: str | None = None) -> LiteRTClassifier:
+    """An *_int8 built-in: its cached full-integer file (no TensorFlow); else the fp32 Keras model is
+    loaded, converted (quantize.convert_int8), checked against itself on the real photos and cached.
+    Raises QuantizationError with the figures when the check fails, now or at an earlier conversion
+    under the same key (a failure is cached too: the same inputs give the same file)."""
+    spec, fp32_name = get_spec(name, labels_path=labels_path), INT8_VARIANTS[name]
+    source = source_weights_path(fp32_name, weights_path)
+    key = cache_key(spec, file_digest(source)) if source else None
+    if key:
+        _raise_if_rejected(spec, cache_path(cache_dir, spec, key))
+        cached = load_cached_litert(spec, key, cache_dir, threads)
+        if cached is not None:
+            log.info("int8 model %s loaded from %s", name, cached.model_path)
+            return cached
+    from image_gateway.models.efficientnet_lite import preprocess_input  # imports Keras
+    fp32 = load_model(fp32_name, weights_path=weights_path, labels_path=labels_path)
+    path = cache_path(cache_dir, spec, key or cache_key(spec, model_weights_digest(fp32.model)))
+    content = quantize.convert_int8(fp32, preprocess_input)
+    agreement = quantize.check(spec, fp32.predict, LiteRTClassifier(spec, model_content=content, logits=True).predict)
+    try:
+        write_atomic(check_path(path), json.dumps(agreement.as_dict(), indent=1).encode())
+    except OSError as exc:
+        log.warning("cannot cache the int8 check of %s at %s: %s", name, path, exc)
+    _raise_if_rejected(spec, path, agreement.as_dict())
+    lite = _stored(spec, path, content, threads)
+    lite.accuracy = agreement.as_dict()
+    log.info("int8 model %s converted to %s: %s", name, lite.model_path or "memory", agreement.summary())
+    return lite
+
+
+def _raise_if_rejected(spec: ModelSpec, path: str, figures: dict | None = None) -> None:
+    figures = figures or read_check(path)
+    if figures and not figures.get("passed", True):
+        raise quantize.QuantizationError(f"{spec.name} failed its int8 accuracy check: {figures.get('summary', '')}")
 
 
 # -- conversion (imports TensorFlow) -------------------------------------------------------------

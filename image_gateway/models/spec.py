@@ -13,7 +13,7 @@ from pathlib import Path
 
 from image_gateway.models.errors import ModelError, ModelNotFoundError
 from image_gateway.models.geometry import DEFAULT_MAX_SIDE
-from image_gateway.models.lite_variants import LITE_VARIANTS
+from image_gateway.models.lite_variants import INT8_VARIANTS, LITE_VARIANTS
 
 DEFAULT_MODEL = "efficientnet_lite0"
 IMAGENET_LABELS = Path(__file__).with_name("imagenet_classes.txt")
@@ -32,6 +32,7 @@ class ModelSpec:
     labels: tuple[str, ...]  # class names by class id
     kind: str = "classifier"  # "classifier" (predictions) or "detector" (detections)
     resize: str = "center_crop"  # how the web tier fits a classifier's square: center_crop, squash, letterbox
+    precision: str = "fp32"  # the arithmetic of the served model: fp32, or int8 for the *_int8 built-ins
 
 
 FACE = "face"
@@ -90,7 +91,7 @@ KERAS_APPS: dict[str, KerasApp] = {
 
 def known_models() -> list[str]:
     """Model names accepted by get_spec/load_model (besides a path to a .keras file)."""
-    return [*LITE_VARIANTS, DETECTOR_NAME, *OCR_MODELS, *KERAS_APPS]
+    return [*LITE_VARIANTS, *INT8_VARIANTS, DETECTOR_NAME, *OCR_MODELS, *KERAS_APPS]
 
 
 def is_keras_file(name: str) -> bool:
@@ -105,6 +106,10 @@ def get_spec(name: str = DEFAULT_MODEL, *, weights_path: str | None = None,
     if name in LITE_VARIANTS:
         lite = LITE_VARIANTS[name]
         return ModelSpec(name, lite.input_size, lite.crop_fraction, "bicubic", read_labels(labels_path))
+    if name in INT8_VARIANTS:   # the fp32 model's geometry and labels, full-integer quantised
+        lite = LITE_VARIANTS[INT8_VARIANTS[name]]
+        return ModelSpec(name, lite.input_size, lite.crop_fraction, "bicubic", read_labels(labels_path),
+                         precision="int8")
     if name == DETECTOR_NAME:
         return MTCNN_SPEC
     if name in OCR_SPECS:

@@ -29,6 +29,7 @@ class Entry:
     runtime: str = ""               # what the workers run it on: litert, onnxruntime, tensorflow or jax
     format: str = ""                # the model's file: onnx, tflite or keras (repository), builtin
     resize: str = "center_crop"     # how the web tier fits a classifier's square (models/resizing.py)
+    precision: str = ""             # built-ins: fp32, or int8 for the *_int8 models; "" for repository versions
 
     @property
     def field(self) -> str:

@@ -57,7 +57,8 @@ def schemas(config: Settings) -> dict[str, dict]:
                      "url": {**STRING, "format": "uri", "description": "fetch the image from this URL instead "
                              "(behind the SSRF guard: URL_INPUT, URL_ALLOWLIST)"}}
     version = obj("version state live_workers", version=STRING, state={"enum": ["READY", "LOADING", "UNAVAILABLE"]},
-                  live_workers=INTEGER, reason=STRING, runtime=STRING)
+                  live_workers=INTEGER, reason=STRING, runtime=STRING, format=STRING,
+                  precision={"enum": ["fp32", "int8"]})
     return {
         "Error": obj("success id error", success={"const": False}, id={"type": ["string", "null"]},
                      error=obj("code message", code={"enum": [error.code for error in errors.ALL_CODES]},

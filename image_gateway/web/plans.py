@@ -28,9 +28,14 @@ ALL_CLASSIFIERS = "all_classifiers"
 
 
 @dataclass(frozen=True)
-class DetectThenClassify:
+class DetectFirst:
+    """A plan whose first step is a detector (its boxes feed the second model)."""
     name: str
     detector: str
+
+
+@dataclass(frozen=True)
+class DetectThenClassify(DetectFirst):
     classifier: str
     description: str = ""
     min_score: float = 0.0
@@ -62,9 +67,7 @@ class FanOut:
 
 
 @dataclass(frozen=True)
-class Ocr:
-    name: str
-    detector: str
+class Ocr(DetectFirst):
     recognizer: str
     description: str = ""
     max_side: int = 2000           # rapidocr's own bound on the image its detector sees

@@ -36,10 +36,11 @@ class Served:
     live_workers: int
     runtime: str = ""
     format: str = ""                # onnx, tflite, keras or builtin
+    precision: str = ""             # built-ins: fp32 or int8; repository versions: not known
 
     def describe(self) -> dict:
         body = {"version": self.version, "state": self.state, "live_workers": self.live_workers}
-        extra = {"reason": self.reason, "format": self.format, "runtime": self.runtime}
+        extra = {"reason": self.reason, "format": self.format, "runtime": self.runtime, "precision": self.precision}
         return {**body, **{key: value for key, value in extra.items() if value}}
 
 
@@ -72,7 +73,7 @@ class Router:
         announced = {(spec.name, "1"): (spec, LOADING, "", "", "builtin") for spec in self.builtins.values()}
         for entry in self.catalog.entries():
             spec = models.ModelSpec(entry.name, entry.input_size, entry.crop_fraction, entry.resample, (), entry.kind,
-                                    entry.resize)
+                                    entry.resize, entry.precision)
             announced[(entry.name, entry.version)] = (spec, entry.state, entry.reason, entry.runtime, entry.format)
         view: dict[str, dict[str, Served]] = {}
         for (name, version), (spec, state, reason, runtime, file_format) in announced.items():
@@ -89,7 +90,7 @@ class Router:
             elif state == READY:
                 state, reason = UNAVAILABLE, NO_WORKER
             view.setdefault(name, {})[version] = Served(name, version, spec, queue, state, reason, live, runtime,
-                                                        file_format)
+                                                        file_format, spec.precision)
         return view
 
     def resolve(self, name: str | None, version: str | None) -> Served:

@@ -125,7 +125,9 @@ class ModelHost:
             return models.load_repository_version(source, max(1, config.model_threads))
         if source is None and name in OCR_MODELS:                # rapidocr's ONNX files: ONNX Runtime
             return models.load_ocr_model(name, max(1, config.model_threads))
-        if config.runtime in ("tensorflow", "jax") or (source is None and models.get_spec(name).kind != "classifier"):
+        int8 = source is None and models.get_spec(name).precision == "int8"   # exists only as a LiteRT file
+        if not int8 and (config.runtime in ("tensorflow", "jax")
+                         or (source is None and models.get_spec(name).kind != "classifier")):
             return self._load_keras(name, source)        # the detector stays on TensorFlow
         from image_gateway.models import litert
         cache_dir, fallback = os.path.expanduser(config.litert_cache_dir), config.runtime == "auto"
@@ -152,16 +154,17 @@ class ModelHost:
     def _announce(self, key: Key, source: VersionDir | None, state: str, reason: str = "", spec=None,
                   runtime: str = "") -> None:
         name, version = key
-        file_format, resize = source.format if source else "builtin", "center_crop"
+        file_format, resize, precision = source.format if source else "builtin", "center_crop", ""
         try:
             spec = spec or (version_spec(source) if source else models.get_spec(name))
             geometry, resize = (spec.kind, spec.input_size, spec.crop_fraction, spec.resample), spec.resize
+            precision = "" if source else spec.precision     # known for built-ins only
         except models.ModelError as exc:
             geometry, reason = ("classifier", 0, 1.0, "bilinear"), reason or str(exc)
         reason = public_reason(without_folder(reason, source) if source else reason)
         runtime = runtime or FORMAT_RUNTIMES.get(file_format, "")
         self.catalog.announce(protocol.Entry(name, version, *geometry, state=state, reason=reason, runtime=runtime,
-                                             format=file_format, resize=resize))
+                                             format=file_format, resize=resize, precision=precision))
 
     def _retire(self, key: Key) -> None:
         """Withdraw the version, answer what is queued for it, then unload it."""
