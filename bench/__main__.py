@@ -53,6 +53,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--overload", action="store_true", help="the overload mode instead (bench/overload.py; "
                         "`python -m bench --overload --help` for its options)")
     parser.add_argument("--soak", metavar="MINUTES", help="the soak of the cluster layout instead (bench/soak.py)")
+    parser.add_argument("--cache-memory", metavar="MINUTES", help="Redis memory under distinct images with the "
+                        "result cache on, per minute, instead (bench/cache_memory.py)")
     parser.add_argument("--hostile", action="store_true", help="worst-case requests and the web process' peak "
                         "RSS instead (bench/hostile.py; `python -m bench --hostile --help`)")
     parser.add_argument("--compare-runtime", choices=settings_module.RUNTIMES, metavar="RUNTIME",
@@ -189,6 +191,10 @@ def main(argv: list[str] | None = None) -> None:
     if "--hostile" in argv:
         from bench import hostile
         hostile.main([arg for arg in argv if arg != "--hostile"])
+        return None
+    if "--cache-memory" in argv:
+        from bench import cache_memory
+        cache_memory.main([arg for arg in argv if arg != "--cache-memory"])
         return None
     args = parse_args(argv)
     config = settings_module.load()

@@ -13,6 +13,15 @@ HIDDEN = "***"
 SECRET_QUERY_KEYS = {"password", "ssl_password"}
 
 
+# Clients send no CLIENT SETINFO on connect: Redis < 7.2 lacks it, and the gateway's ACL user is not
+# granted CLIENT at all (deploy/users.acl), so every connection would be an ACL denial in its log.
+try:        # redis-py 8: driver_info; lib_name/lib_version still work there but raise a DeprecationWarning
+    from redis.driver_info import DriverInfo
+    NO_SETINFO: dict = {"driver_info": DriverInfo(name=None, lib_version=None)}
+except ImportError:     # redis-py 5 to 7
+    NO_SETINFO = {"lib_name": None, "lib_version": None}
+
+
 def redact(url: str | None) -> str:
     """`url` with its password (in the userinfo or a `password=` query field) replaced by ***."""
     if not url:

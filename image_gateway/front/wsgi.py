@@ -1,8 +1,8 @@
 """The WSGI side of the embedded front (PEP 3333): a request's environ, and one call of the app."""
 from __future__ import annotations
 
+import io
 import sys
-import tempfile
 
 from image_gateway.front.http11 import Head
 from image_gateway.settings import Settings
@@ -19,7 +19,7 @@ def environ(head: Head, config: Settings, peer: tuple, body, received: int, too_
         "REMOTE_ADDR": str(peer[0]), "REMOTE_PORT": str(peer[1]),
         "CONTENT_LENGTH": str(length) if length or head.length or head.chunked else "",
         "wsgi.version": (1, 0), "wsgi.url_scheme": "http",
-        "wsgi.input": body if not too_large else tempfile.SpooledTemporaryFile(1),
+        "wsgi.input": body if not too_large else io.BytesIO(),      # never read: the app answers 413
         "wsgi.errors": sys.stderr, "wsgi.multithread": True, "wsgi.multiprocess": False,
         "wsgi.run_once": False, "wsgi.input_terminated": True,
     }

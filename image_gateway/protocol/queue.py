@@ -15,7 +15,7 @@ from image_gateway.errors import INFERENCE_FAILED
 from image_gateway.protocol import scripts
 from image_gateway.protocol.keys import Keys
 from image_gateway.protocol.messages import Job, Result, peek_id
-from image_gateway.redis_url import redact
+from image_gateway.redis_url import NO_SETINFO, redact
 
 log = logging.getLogger("gateway.queue")
 
@@ -45,13 +45,6 @@ class ClusterClient(RedisCluster):
             raise redis.ConnectionError(f"redis cluster: {exc}") from exc
 
 
-try:        # redis-py 8: driver_info; lib_name/lib_version still work there but raise a DeprecationWarning
-    from redis.driver_info import DriverInfo
-    NO_SETINFO: dict = {"driver_info": DriverInfo(name=None, lib_version=None)}
-except ImportError:     # redis-py 5 to 7
-    NO_SETINFO = {"lib_name": None, "lib_version": None}
-
-
 def connect(redis_url: str, request_timeout_s: float, cluster: bool = False) -> redis.Redis:
     """A client for REDIS_URL (redis://, rediss://, user:password@) whose socket timeout outlasts
     the longest blocking call either tier makes (BLPOP/BLMOVE for up to the request timeout).
@@ -60,8 +53,6 @@ def connect(redis_url: str, request_timeout_s: float, cluster: bool = False) -> 
     connection or CLUSTERDOWN the client reads the slot map again and retries once, so a slot that moved
     is followed at once, while a shard that is still failing over fails fast (503, workers back off).
     """
-    # No CLIENT SETINFO on connect (Redis < 7.2 lacks it, and the gateway's ACL user is not granted CLIENT at
-    # all: deploy/users.acl): NO_SETINFO.
     options = {"socket_connect_timeout": 2.0, "socket_timeout": request_timeout_s + 5, "health_check_interval": 15,
                **NO_SETINFO}
     if not cluster:
