@@ -26,7 +26,7 @@ from typing import IO
 import redis
 
 from image_gateway import processes
-from image_gateway.redis_url import NO_SETINFO
+from image_gateway.redis_url import no_setinfo
 
 USER = "gateway"                 # the one user of a private server
 LOCK_FILE = "gateway.lock"       # in DATA_DIR: held (flock) by the process whose Redis uses the folder
@@ -189,7 +189,7 @@ class RedisServer:
     def _wait_answering(self, timeout_s: float) -> None:
         """Until it answers PING (a private server: as its user); while it loads a large append-only
         file (LOADING), up to LOADING_PATIENCE_S."""
-        client = redis.Redis(host=self.host, port=self.port, username=USER if self.password else None, **NO_SETINFO,
+        client = redis.Redis(host=self.host, port=self.port, username=USER if self.password else None, **no_setinfo(),
                              password=self.password, socket_connect_timeout=0.5)
         started = time.monotonic()
         deadline = started + timeout_s

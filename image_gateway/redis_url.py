@@ -15,11 +15,14 @@ SECRET_QUERY_KEYS = {"password", "ssl_password"}
 
 # Clients send no CLIENT SETINFO on connect: Redis < 7.2 lacks it, and the gateway's ACL user is not
 # granted CLIENT at all (deploy/users.acl), so every connection would be an ACL denial in its log.
-try:        # redis-py 8: driver_info; lib_name/lib_version still work there but raise a DeprecationWarning
-    from redis.driver_info import DriverInfo
-    NO_SETINFO: dict = {"driver_info": DriverInfo(name=None, lib_version=None)}
-except ImportError:     # redis-py 5 to 7
-    NO_SETINFO = {"lib_name": None, "lib_version": None}
+# A fresh DriverInfo per client: redis-py propagates (and may change) the one object through its pools.
+def no_setinfo() -> dict:
+    """Client options that send no CLIENT SETINFO (redis-py 8's driver_info, else lib_name/lib_version)."""
+    try:        # redis-py 8: lib_name/lib_version still work there but raise a DeprecationWarning
+        from redis.driver_info import DriverInfo
+    except ImportError:     # redis-py 5 to 7
+        return {"lib_name": None, "lib_version": None}
+    return {"driver_info": DriverInfo(name=None, lib_version=None)}
 
 
 def redact(url: str | None) -> str:

@@ -15,7 +15,7 @@ from image_gateway.errors import INFERENCE_FAILED
 from image_gateway.protocol import scripts
 from image_gateway.protocol.keys import Keys
 from image_gateway.protocol.messages import Job, Result, peek_id
-from image_gateway.redis_url import NO_SETINFO, redact
+from image_gateway.redis_url import no_setinfo, redact
 
 log = logging.getLogger("gateway.queue")
 
@@ -54,7 +54,7 @@ def connect(redis_url: str, request_timeout_s: float, cluster: bool = False) -> 
     is followed at once, while a shard that is still failing over fails fast (503, workers back off).
     """
     options = {"socket_connect_timeout": 2.0, "socket_timeout": request_timeout_s + 5, "health_check_interval": 15,
-               **NO_SETINFO}
+               **no_setinfo()}
     if not cluster:
         return redis.Redis.from_url(redis_url, **options)
     try:
