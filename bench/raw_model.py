@@ -10,6 +10,7 @@ to it, else Keras. Alone: `python -m bench.raw_model [--model NAME] [--seconds S
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import subprocess
@@ -80,17 +81,18 @@ def _timed_calls(classifier, batch: np.ndarray, seconds: float) -> list[float]:
 # ------------------------------------------------------------------- in a child of `python -m bench`
 def load_for_runtime(config: settings_module.Settings, interpreter_threads: int = 1) -> tuple[object, str]:
     """(the classifier, its runtime) as the worker loads config.model (model_host's _load_model for a
-    built-in): LiteRT from LITERT_CACHE_DIR for RUNTIME auto/litert (auto falls back to TensorFlow
-    when the model does not convert), Keras for tensorflow/jax. interpreter_threads: LiteRT's own."""
+    built-in): for RUNTIME auto/litert/onnxruntime models.runtime_choice.load_builtin (LiteRT from
+    LITERT_CACHE_DIR or its ONNX twin; auto falls back to TensorFlow when the model does not convert),
+    Keras for tensorflow/jax. interpreter_threads: the runtime's own threads per call."""
     if config.runtime in ("tensorflow", "jax"):
         classifier = models.load_model(config.model, weights_path=config.model_weights,
                                        labels_path=config.model_labels)
     else:
-        from image_gateway.models import litert
+        from image_gateway.models import runtime_choice
 
-        classifier = litert.load_litert_model(
-            config.model, os.path.expanduser(config.litert_cache_dir), max(1, interpreter_threads),
-            fallback=config.runtime == "auto", weights_path=config.model_weights, labels_path=config.model_labels)
+        options = runtime_choice.options_from(config)
+        classifier = runtime_choice.load_builtin(config.model, dataclasses.replace(
+            options, threads=max(1, interpreter_threads), callers=predict_threads(config)))
     return classifier, getattr(classifier, "runtime", "jax" if config.runtime == "jax" else "tensorflow")
 
 

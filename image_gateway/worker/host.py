@@ -119,7 +119,8 @@ class ModelHost:
         log.info("serving model %s version %s on %s", name, version, runtime)
 
     def _load_model(self, name: str, source: VersionDir | None):
-        """The model on RUNTIME: LiteRT where it converts (`auto` falls back to TensorFlow), else Keras."""
+        """The model on RUNTIME: for a built-in classifier LiteRT or ONNX Runtime (`auto`: the faster that gives
+        the same answers, else TensorFlow); a repository .keras on LiteRT where it converts, else Keras."""
         config = self.config
         if source is not None and source.format != "keras":     # model.onnx / model.tflite: their own runtime
             return models.load_repository_version(source, max(1, config.model_threads))
@@ -129,11 +130,10 @@ class ModelHost:
         if not int8 and (config.runtime in ("tensorflow", "jax")
                          or (source is None and models.get_spec(name).kind != "classifier")):
             return self._load_keras(name, source)        # the detector stays on TensorFlow
-        from image_gateway.models import litert
-        cache_dir, fallback = os.path.expanduser(config.litert_cache_dir), config.runtime == "auto"
-        if source is None:
-            return litert.load_litert_model(name, cache_dir, max(1, config.model_threads), fallback=fallback,
-                                            weights_path=config.model_weights, labels_path=config.model_labels)
+        from image_gateway.models import litert, runtime_choice
+        cache_dir, fallback = os.path.expanduser(config.litert_cache_dir), config.runtime != "litert"
+        if source is None:       # LiteRT or its ONNX twin, by RUNTIME (models/runtime_choice.py)
+            return runtime_choice.load_builtin(name, runtime_choice.options_from(config))
         classifier = self._load_keras(name, source)
         digest = "".join(litert.file_digest(str(path)) for path in (source.model_file, source.path / "config.json")
                          if path.is_file())     # config.json's normalisation is inside the converted file
