@@ -107,10 +107,11 @@ def bound_decode_memory(slots: int, budget_mp: float = 100.0) -> None:
 
 
 @contextlib.contextmanager
-def _decode_slot(image: Image.Image, deadline: float | None):
-    """Hold the image's pixels of the budget, and a large-decode slot when it is large, while it decodes."""
+def _decode_slot(image: Image.Image, deadline: float | None, kept_pixels: int = 0):
+    """Hold the image's pixels of the budget (and `kept_pixels`: frames kept from an animation, frames.py), and a
+    large-decode slot when it is large, while it decodes."""
     timeout_s = LARGE_DECODE_WAIT_S if deadline is None else deadline - time.time()
-    with _budget.hold(image.width * image.height, timeout_s):
+    with _budget.hold(image.width * image.height + kept_pixels, timeout_s):
         if image.width * image.height <= LARGE_DECODE_PIXELS:
             yield
             return
@@ -294,7 +295,7 @@ def decode_image(data: bytes, *, max_pixels: int, draft_size: int | None = None,
                  deadline: float | None = None) -> Image.Image:
     """Decode upload bytes to a fully loaded RGB image, or raise errors.GatewayError.
 
-    Accepts ALLOWED_FORMATS only; takes the first frame of animations, applies EXIF orientation,
+    Accepts ALLOWED_FORMATS only; takes the first frame of animations (frames.py: others), applies EXIF orientation,
     composites transparency on white and scales 16-bit images to 8 bits. Refuses more than
     max_pixels pixels (IMAGE_TOO_LARGE; never more than Pillow's Image.MAX_IMAGE_PIXELS) before
     decoding any pixel data. With draft_size, a JPEG at least twice draft_size on both sides is

@@ -299,7 +299,8 @@ def test_model_picker_lists_the_served_models_and_pins_a_version(repository_gate
         "options => options.map(o => [o.parentElement.label, o.value, o.disabled])")
     assert pipelines == [["Pipelines", "pipeline:face_crops", True],
                          ["Pipelines", "pipeline:all_classifiers", False],
-                         ["Pipelines", "pipeline:ocr", True]], pipelines
+                         ["Pipelines", "pipeline:ocr", True],
+                         ["Pipelines", "pipeline:frames_classify", True]], pipelines     # efficientnet_lite0
     assert "mtcnn" in picker.locator("option[value='pipeline:face_crops']").inner_text()
     expect(picker).to_have_value("toy")                                   # the default model is preselected
     expect(page.locator("#model-status")).to_contain_text("2 models served")
@@ -440,6 +441,26 @@ def test_detector_and_pipeline_boxes_are_drawn_over_the_photo(detector_gateway, 
             [p["label"].replace("_", " ") for p in result["predictions"]])
     expect(fanned.locator(".thumb svg")).to_have_count(0)
     screenshot(page, "page-detections.png")
+
+
+def test_frames_pipeline_lists_the_best_labels_then_each_frame(redis_url, classifier, gateway_factory, new_page):
+    from test_frames import cycling_gif
+
+    web, _ = gateway_factory(make_config(redis_url, request_timeout=60.0), classifier)
+    page = new_page()
+    page.goto(web.url + "/")
+    picker = page.get_by_label("Model", exact=True)
+    expect(picker.locator("option[value='pipeline:frames_classify']")).to_be_enabled(timeout=RESULT_TIMEOUT_MS)
+    picker.select_option("pipeline:frames_classify")
+    body, found = upload_answered(page, None, "anim.gif", "/v1/pipelines/frames_classify/predict", cycling_gif(5)[0])
+    assert body["success"] and len(body["frames"]) == 5, body
+    headings = found.locator(".model-result .model-heading")
+    expect(headings).to_have_count(6)
+    expect(headings.nth(0)).to_have_text("best of 5 frames")
+    expect(headings.nth(2)).to_have_text("frame 1 \u00b7 0.10 s")
+    expect(found.locator(".model-result").nth(0).locator(".prediction.top .label")).to_have_text(
+        body["merge"]["max"][0]["label"].replace("_", " "))
+    expect(found.locator(".meta .pipeline")).to_have_text("frames_classify")
 
 
 def test_ocr_texts_are_listed_and_their_lines_outlined_over_the_photo(redis_url, new_page):

@@ -75,7 +75,7 @@ def test_boxes_are_right_for_a_rotated_and_a_large_copy(gateway):
 def test_pipelines_are_listed_with_their_steps(gateway):
     listing = requests.get(gateway.url + "/v1/pipelines", timeout=10).json()["pipelines"]
     by_name = {entry["name"]: entry for entry in listing}
-    assert set(by_name) == {"face_crops", "all_classifiers", "ocr"}
+    assert set(by_name) == {"face_crops", "all_classifiers", "ocr", "frames_classify"}
     assert [step["step"] for step in by_name["face_crops"]["steps"]] == ["detect", "classify"]
     assert by_name["face_crops"]["steps"][0]["model"] == "mtcnn"
     missing = post(gateway.url + "/v1/pipelines/nope/predict", ASTRONAUT)

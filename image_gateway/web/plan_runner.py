@@ -1,41 +1,35 @@
 """Running a pipeline's plan on one image: every step on the same queues and workers as /predict.
 
-One deadline (the call's) covers the whole pipeline; all crops of an image (or all models of a
-fan-out, or all text lines of an OCR) are queued together, so they batch, with other requests' too. A step
-that fails fails the request (500 PIPELINE_STEP_FAILED, or 504 TIMEOUT) with the step named: never a partial
-answer that looks complete.
+One deadline (the call's) covers the whole pipeline; all crops of an image (or all models of a fan-out, or
+all text lines of an OCR, or all frames of an animation: web/frame_runner.py) are queued together, so they
+batch, with other requests' too. A step that fails fails the request (500 PIPELINE_STEP_FAILED, or 504
+TIMEOUT) with the step named: never a partial answer that looks complete.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from image_gateway import errors, imaging, protocol
-from image_gateway.errors import GatewayError
+from image_gateway import imaging
 from image_gateway.models.text_lines import crop_line, region_corners
-from image_gateway.web.jobs import Call, model_input, new_job, submit, wait
-from image_gateway.web.plans import DetectThenClassify, FanOut, Ocr, Plan
-from image_gateway.web.routing import Served
+from image_gateway.web.frame_runner import run_frames
+from image_gateway.web.jobs import Call, model_input, new_job, submit
+from image_gateway.web.plan_steps import decoded, describe, image_input, step_output
+from image_gateway.web.plans import DetectThenClassify, FanOut, Frames, Ocr, Plan
 
 
 def run_plan(call: Call, plan: Plan, upload) -> dict:
-    """The pipeline's answer fields (a task's call queues its jobs as bulk work)."""
+    """The pipeline's answer fields (a task's call queues its jobs as bulk work). `upload` has the image's
+    bytes, or (a frame of a frames pipeline) its decoded `image`."""
+    if isinstance(plan, Frames):
+        return run_frames(call, plan, upload, run_plan)
     runner = fan_out if isinstance(plan, FanOut) else ocr if isinstance(plan, Ocr) else detect_then_classify
     return runner(call, plan, upload)
-
-
-def step_output(call: Call, served: Served, job: protocol.Job, step: str) -> dict:
-    """A step's answer fields, or the request fails naming the step."""
-    result = wait(call, served, job, step)
-    if not result.success:
-        raise GatewayError(errors.PIPELINE_STEP_FAILED, f"{step} failed: {result.error['code']}: "
-                           f"{result.error['message']}")
-    return result.output
 
 
 def detect_then_classify(call: Call, plan: DetectThenClassify, upload) -> dict:
     router = call.gw.router
     detector, classifier = router.resolve(plan.detector, None), router.resolve(plan.classifier, None)
-    image = imaging.decode_image(upload.data, max_pixels=call.config.max_image_pixels, deadline=call.deadline)
+    image = decoded(call, upload)
     pixels, params = imaging.working_image(image, call.config.detect_max_side)
     found = step_output(call, detector, submit(call, detector, new_job(call, detector, pixels, 1, params)),
                         f"step 1 (detect with {detector.name})")["detections"]
@@ -57,9 +51,10 @@ def fan_out(call: Call, plan: FanOut, upload) -> dict:
     names = plan.models or [name for name, versions in sorted(router.view().items())
                             if next(iter(versions.values())).spec.kind == "classifier"]
     targets = [router.resolve(name, None) for name in names]
-    jobs = []
+    jobs, image = [], getattr(upload, "image", None)
     for served in targets:
-        array, params = model_input(call, upload.data, served.spec)
+        array, params = model_input(call, upload.data, served.spec) if image is None else \
+            image_input(call, image, served.spec)
         jobs.append(submit(call, served, new_job(call, served, array, upload.top_k, params)))
     return {"results": {served.name: {"success": True, **describe(served),
                                       **step_output(call, served, job, f"model {served.name}")}
@@ -71,7 +66,7 @@ def ocr(call: Call, plan: Ocr, upload) -> dict:
     reading order, boxes (four corners, clockwise from the text's top left) in original pixels."""
     router = call.gw.router
     detector, recognizer = router.resolve(plan.detector, None), router.resolve(plan.recognizer, None)
-    image = imaging.decode_image(upload.data, max_pixels=call.config.max_image_pixels, deadline=call.deadline)
+    image = decoded(call, upload)
     pixels, params = imaging.working_image(image, plan.max_side)
     found = step_output(call, detector, submit(call, detector, new_job(call, detector, pixels, 1, params)),
                         f"step 1 (detect text with {detector.name})")["detections"]
@@ -87,6 +82,3 @@ def ocr(call: Call, plan: Ocr, upload) -> dict:
             texts.append({"text": read[0]["label"], "score": read[0]["score"], "box": box})
     return {"models": {"detect": describe(detector), "recognize": describe(recognizer)}, "texts": texts}
 
-
-def describe(served: Served) -> dict:
-    return {"model": served.name, "version": served.version}

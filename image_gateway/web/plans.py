@@ -16,12 +16,14 @@ height on every side), cropped from the original image and classified. fan_out: 
 image. ocr: the detector's text regions on the image shrunk to at most `max_side` px (its longest side), at
 most `max_texts` of them in reading order, each cut out of the original image, rectified and sent to the
 recogniser; the lines read with a score of at least `min_score` are the answer's `texts`. Every model must be
-served; a request to a pipeline whose model is not gets MODEL_NOT_FOUND.
+served; a request to a pipeline whose model is not gets MODEL_NOT_FOUND. frames: a model (`model`) or another
+pipeline (`pipeline`, not itself of type frames) on frames of an animated GIF, WebP or APNG, sampled every
+`every_n`th frame or `fps` times a second, at most `max_frames` of them (web/frame_runner.py).
 """
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 ALL_CLASSIFIERS = "all_classifiers"
@@ -82,7 +84,28 @@ class Ocr(DetectFirst):
                 {"step": "recognize", "model": self.recognizer, "min_score": self.min_score}]
 
 
-Plan = DetectThenClassify | FanOut | Ocr
+@dataclass(frozen=True)
+class Frames:
+    """A model or another pipeline on sampled frames of an animation (a still image is one frame)."""
+    name: str
+    target: str                    # a model's name, or a pipeline's when `pipeline`
+    pipeline: bool = False
+    description: str = ""
+    every_n: int = 1               # every n-th frame, from the first ...
+    fps: float | None = None       # ... or the frame showing at every 1/fps seconds
+    max_frames: int = 32           # frames sampled at most; a request may ask fewer (`max_frames`)
+    inner_needs: tuple[str, ...] = ()      # the other pipeline's models (set when the file is loaded)
+
+    def needs(self) -> tuple[str, ...]:
+        return self.inner_needs if self.pipeline else (self.target,)
+
+    def steps(self) -> list[dict]:
+        sampling = {"fps": self.fps} if self.fps else {"every_n": self.every_n}
+        return [{"step": "frames", **sampling, "max_frames": self.max_frames},
+                {"step": "each_frame", "pipeline" if self.pipeline else "model": self.target}]
+
+
+Plan = DetectThenClassify | FanOut | Ocr | Frames
 
 
 def load_plans(path: str | None) -> dict[str, Plan]:
@@ -94,7 +117,15 @@ def load_plans(path: str | None) -> dict[str, Plan]:
         plans = [parse_plan(entry) for entry in document["pipelines"]]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ValueError(f"PIPELINES file {path}: {exc}") from exc
-    return {plan.name: plan for plan in plans}
+    by_name = {plan.name: plan for plan in plans}
+    for plan in plans:
+        inner = by_name.get(plan.target) if isinstance(plan, Frames) and plan.pipeline else None
+        if isinstance(plan, Frames) and plan.pipeline and (inner is None or isinstance(inner, Frames)):
+            raise ValueError(f"PIPELINES file {path}: pipeline {plan.name!r} runs {plan.target!r}, which is "
+                             "not a pipeline of the file other than a frames one")
+        if inner is not None:
+            by_name[plan.name] = replace(plan, inner_needs=inner.needs())
+    return by_name
 
 
 def parse_plan(entry: dict) -> Plan:
@@ -110,6 +141,8 @@ def parse_plan(entry: dict) -> Plan:
         return FanOut(entry["name"], () if models == ALL_CLASSIFIERS else tuple(models), entry.get("description", ""))
     if kind == "ocr":
         return parse_ocr(entry)
+    if kind == "frames":
+        return parse_frames(entry)
     raise ValueError(f"pipeline {entry.get('name')!r}: unknown type {kind!r}")
 
 
@@ -121,3 +154,26 @@ def parse_ocr(entry: dict) -> Ocr:
     if plan.max_side < 32 or plan.max_texts < 1:
         raise ValueError(f"pipeline {plan.name!r}: max_side must be at least 32 and max_texts at least 1")
     return plan
+
+
+def parse_frames(entry: dict) -> Frames:
+    if ("model" in entry) == ("pipeline" in entry):
+        raise ValueError(f"pipeline {entry['name']!r}: a frames pipeline names one `model` or one `pipeline`")
+    if "every_n" in entry and "fps" in entry:
+        raise ValueError(f"pipeline {entry['name']!r}: sample by `every_n` or by `fps`, not both")
+    fps = float(entry["fps"]) if "fps" in entry else None
+    plan = Frames(entry["name"], str(entry.get("model") or entry["pipeline"]), "pipeline" in entry,
+                  entry.get("description", ""), int(entry.get("every_n", 1)), fps, int(entry.get("max_frames", 32)))
+    if plan.every_n < 1 or plan.max_frames < 1 or (fps is not None and not 0 < fps <= 1000):
+        raise ValueError(f"pipeline {plan.name!r}: every_n and max_frames must be at least 1, fps in (0, 1000]")
+    return plan
+
+
+def units_per_image(plans: dict, targets: list[str], max_frames: int | None) -> int:
+    """What one image of a task counts against MAX_TASK_IMAGES: 1 a target, but a frames pipeline its frames
+    (its max_frames, or the task's lower `max_frames`), each of which is an image to the model."""
+    total = 0
+    for target in targets:
+        plan = plans.get(target.removeprefix("pipeline:")) if target.startswith("pipeline:") else None
+        total += min(plan.max_frames, max_frames or plan.max_frames) if isinstance(plan, Frames) else 1
+    return total
