@@ -55,8 +55,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--soak", metavar="MINUTES", help="the soak of the cluster layout instead (bench/soak.py)")
     parser.add_argument("--cache-memory", metavar="MINUTES", help="Redis memory under distinct images with the "
                         "result cache on, per minute, instead (bench/cache_memory.py)")
+    parser.add_argument("--quota", action="store_true", help="one client limited to 20/s sending 100/s through "
+                        "nginx to 2 web processes instead (bench/quota.py; `python -m bench --quota --help`)")
     parser.add_argument("--hostile", action="store_true", help="worst-case requests and the web process' peak "
                         "RSS instead (bench/hostile.py; `python -m bench --hostile --help`)")
+    parser.add_argument("--runtimes", action="store_true", help="LiteRT against ONNX Runtime (raw and gateway, "
+                        "A/B), auto's choice and OCR requests/s instead (bench/runtimes.py; `--runtimes --help`)")
+    parser.add_argument("--ocr", action="store_true", help="OCR requests/s for one page instead (bench/ocr_rate.py)")
     parser.add_argument("--compare-runtime", choices=settings_module.RUNTIMES, metavar="RUNTIME",
                         help="then the same raw baseline, pipeline and sweep with the gateway on RUNTIME "
                              "(e.g. tensorflow), reported side by side")
@@ -188,9 +193,16 @@ def main(argv: list[str] | None = None) -> None:
     if "--soak" in argv or any(arg.startswith("--soak=") for arg in argv):
         from bench import soak
         return soak.main(argv)
+    if "--quota" in argv:
+        from bench import quota
+        return quota.main([arg for arg in argv if arg != "--quota"])
     if "--hostile" in argv:
         from bench import hostile
         hostile.main([arg for arg in argv if arg != "--hostile"])
+        return None
+    if "--runtimes" in argv or "--ocr" in argv:
+        from bench import runtimes
+        runtimes.main([arg for arg in argv if arg != "--runtimes"])
         return None
     if "--cache-memory" in argv:
         from bench import cache_memory

@@ -11,9 +11,11 @@ from prometheus_client.core import GaugeMetricFamily
 
 from image_gateway.protocol import memory
 
-REQUESTS = Counter("gateway_requests_total", "HTTP requests to /predict by status code", ["status"])
-LATENCY = Histogram("gateway_request_seconds", "End-to-end /predict latency",
+# `client`: a client configured in CLIENTS, `default` (API_KEY) or `anonymous`: bounded by the configuration.
+REQUESTS = Counter("gateway_requests_total", "Inference requests by status code and client", ["status", "client"])
+LATENCY = Histogram("gateway_request_seconds", "End-to-end inference latency by client", ["client"],
                     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+RATE_LIMITED = Counter("gateway_rate_limited_total", "Requests refused 429 RATE_LIMITED by client", ["client"])
 RESULTS_WAITED = Counter("gateway_results_waited_total", "Results the web tier waited for and received")
 CACHE_HITS = Counter("gateway_cache_hits_total", "Requests answered from the result cache")
 TIMEOUTS = Counter("gateway_timeouts_total", "Requests that got no result within REQUEST_TIMEOUT")
@@ -24,6 +26,11 @@ INFERENCE = Histogram("gateway_inference_seconds", "Model time per batch", MODEL
                       buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
 EXPIRED = Counter("gateway_jobs_expired_total", "Jobs dropped by a worker because their deadline passed",
                   MODEL_LABELS)
+
+
+def count_request(status: int, client: str, elapsed_s: float) -> None:
+    REQUESTS.labels(str(status), client).inc()
+    LATENCY.labels(client).observe(elapsed_s)
 
 
 class QueueCollector:

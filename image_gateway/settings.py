@@ -40,10 +40,13 @@ class Settings:
     model_labels: str | None = None         # labels file, one per line (for a .keras model)
     keras_home: str | None = None           # Keras' folder (weights cache in <it>/models); unset: ~/.keras
     # Inference runtime (worker).
-    runtime: str = "auto"                   # auto (LiteRT where a model converts, else TensorFlow), litert,
-                                            # onnxruntime, tensorflow or jax (a repository's model.onnx runs
-                                            # on onnxruntime and model.tflite on litert whatever this says)
-    litert_cache_dir: str = "~/.cache/gateway/litert"   # converted LiteRT models, keyed by weights hash and converter
+    runtime: str = "auto"                   # auto (LiteRT where a model converts, else TensorFlow; a built-in
+                                            # classifier: LiteRT or ONNX Runtime, the faster with LiteRT's
+                                            # answers, models/runtime_choice.py), litert, onnxruntime,
+                                            # tensorflow or jax (a repository's model.onnx runs on
+                                            # onnxruntime and model.tflite on litert whatever this says)
+    litert_cache_dir: str = "~/.cache/gateway/litert"   # converted LiteRT models (and the built-ins' ONNX twins and
+                                                        # RUNTIME=auto decisions), keyed by weights hash and converter
     # Batching (worker).
     batch_size: int = 8                     # most jobs one predict call takes (CPU: 8 measured best; GPU: 32-256)
     batch_wait_ms: float = 0.0              # how long a worker waits for more jobs when a batch is not full
@@ -58,6 +61,7 @@ class Settings:
     max_image_pixels: int = 40_000_000      # width*height of a decoded image
     max_large_decodes: int = 2              # images over 10 MP decoded at once per web process (100-450 MB each)
     decode_budget_mp: float = 100.0         # megapixels decoded at once per web process, images of every size
+    max_animation_mp: float = 400.0         # megapixels of all the frames one frames-pipeline request decodes
     top_k: int = 5                          # predictions returned by default; `top_k` form/JSON field up to max_top_k
     max_top_k: int = 20
     wire_dtype: str = "uint8"               # array dtype on the queue: uint8 (default) or float32 (the card's)
@@ -66,6 +70,8 @@ class Settings:
     url_fetch_timeout: float = 5.0          # s for the whole fetch of an image URL (connect, redirects, body)
     api_key: str | None = None              # when set, every route but health and the page needs X-API-Key
     metrics_key: str | None = None          # also accepted on /metrics (X-API-Key or Authorization: Bearer)
+    clients: str | None = None              # JSON or TOML file of clients: keys (SHA-256), routes, canaries,
+                                            # quotas; re-read every REPOSITORY_POLL_S (image_gateway/clients.py)
     # Tasks (image sets).
     task_ttl: int = 86400                   # s a task's state, images and results live in Redis
     max_task_images: int = 1000             # images x targets of one task, else 413 TASK_TOO_LARGE

@@ -3,12 +3,13 @@
     python simple_request.py cat.jpg
     python simple_request.py photos/ --url http://127.0.0.1:8080/predict --concurrency 8 --output answers.jsonl
     python simple_request.py cat.jpg --model efficientnet_lite1 [--version 2] [--top-k 3]
+    python simple_request.py cat.jpg --type scene --api-key KEY   # POST /v1/recognize/scene: the key's route
     python simple_request.py --list-models --url http://127.0.0.1:8080
     python simple_request.py photos/ --task --output results.jsonl     # one task (POST /v1/tasks), then poll
     python simple_request.py --task-id 3f2a... --output results.jsonl  # resume waiting on a task
 
 Prints `1. Egyptian_cat: 0.8128` lines per image (a progress bar on stderr for more than one image).
-A 503 answer is retried after its Retry-After seconds (at most --retries times, each wait at most 30 s).
+A 503 (or 429) answer is retried after its Retry-After seconds (at most --retries times, each wait at most 30 s).
 
 Exit codes: 0 every image was answered; 1 a request or an image failed (an error answer, no
 connection, a task CANCELLED or EXPIRED, or --list-models could not list); 2 bad usage; 130 interrupted.
@@ -32,6 +33,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
                         help="the gateway (http://host:port) or its /predict URL")
     parser.add_argument("--model", help="the served model to ask (default: the server's default model)")
     parser.add_argument("--version", help="pin a version of the model (default: its newest ready version)")
+    parser.add_argument("--type", help="a recognition type of your client (its route picks the model; CLIENTS)")
     parser.add_argument("--list-models", action="store_true", help="print the served models and versions, then exit")
     parser.add_argument("--top-k", type=int, help="how many predictions (server default 5)")
     parser.add_argument("--concurrency", type=int, default=1, help="requests in flight at once")
@@ -52,6 +54,8 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
         parser.error("--list-models takes no images" if args.images else "--list-models takes no task")
     if args.task_id and args.images:
         parser.error("--task-id waits for an existing task: give no images")
+    if args.type and (args.model or args.version or args.models or args.pipeline):
+        parser.error("--type picks the model itself: give no --model, --version, --models or --pipeline")
     if (args.models or args.pipeline) and not args.task:
         parser.error("--models and --pipeline go with --task")
     paths = images.image_paths(args.images)

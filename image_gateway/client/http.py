@@ -43,10 +43,11 @@ def retry_after_s(response: requests.Response) -> float:
 
 
 def with_retries(send: Callable[[], requests.Response], retries: int) -> requests.Response:
-    """`send()` again after each 503 (SERVER_BUSY, QUEUE_UNAVAILABLE ...) as its Retry-After says, `retries` times."""
+    """`send()` again after each 503 (SERVER_BUSY, QUEUE_UNAVAILABLE ...) or 429 (RATE_LIMITED) as its Retry-After
+    says, `retries` times."""
     for _ in range(max(0, retries)):
         response = send()
-        if response.status_code != 503:
+        if response.status_code not in (429, 503):
             return response
         time.sleep(retry_after_s(response))
     return send()
@@ -72,6 +73,8 @@ def format_result(status: int | None, body: dict) -> str:
         lines = [f"{i}. {d['label']}: {d['score']:.4f} {d['box']}" for i, d in enumerate(body["detections"], 1)]
     elif body.get("success") and "predictions" in body:
         lines = [f"{i}. {p['label']}: {p['probability']:.4f}" for i, p in enumerate(body["predictions"], 1)]
+    elif body.get("success") and isinstance(body.get("frames"), list):     # a frames pipeline's answer
+        lines = frame_lines(body)
     elif body.get("success"):                             # a pipeline's answer: its JSON
         lines = [json.dumps({k: v for k, v in body.items() if k not in ("success", "id", "index", "filename")})]
     else:
@@ -79,6 +82,24 @@ def format_result(status: int | None, body: dict) -> str:
         where = "" if status is None else f" {status}"           # a task's result has no status of its own
         lines = [f"error{where} {error.get('code')}: {error.get('message')}"]
     return "\n".join(lines)
+
+
+def frame_lines(body: dict) -> list[str]:
+    """A line per frame (its index, time and first label or box), then each label's best probability over the
+    frames (`merge.max`, the first five)."""
+    lines = []
+    for frame in body["frames"]:
+        found = frame.get("predictions") or frame.get("detections") or frame.get("texts") or []
+        top = found[0] if found else {}
+        what = (f"{top['label']}: {top['probability']:.4f}" if "probability" in top else
+                f"{len(found)} found, first {top.get('label', top.get('text'))}: {top.get('score', 0):.4f}" if top
+                else "nothing found")
+        lines.append(f"frame {frame['index']} at {frame['timestamp']:.2f} s: {what}")
+    best = body.get("merge", {}).get("max", [])
+    if best:
+        lines.append(f"best of {len(body['frames'])} frames:")
+        lines += [f"{i}. {p['label']}: {p['probability']:.4f} (frame {p['index']})" for i, p in enumerate(best[:5], 1)]
+    return lines
 
 
 def show(text: str) -> None:

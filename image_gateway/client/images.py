@@ -6,6 +6,7 @@ import json
 import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import quote
 
 import requests
 from tqdm import tqdm
@@ -15,6 +16,7 @@ from image_gateway.client.http import (
     EXIT_OK,
     connection_error,
     format_result,
+    gateway_url,
     models_url,
     predict_url,
     show,
@@ -86,11 +88,11 @@ def predict_all(args: argparse.Namespace, paths: list[str], output) -> int:
     session = requests.Session()
     fields = {name: str(value) for name, value in
               (("top_k", args.top_k), ("model", args.model), ("version", args.version)) if value}
+    url = gateway_url(args.url, f"/v1/recognize/{quote(args.type, safe='')}") if args.type else predict_url(args.url)
 
     def run(path: str) -> tuple[str, int, dict]:
         try:
-            return path, *classify(session, predict_url(args.url), path, fields, args.api_key, args.timeout,
-                                   args.retries)
+            return path, *classify(session, url, path, fields, args.api_key, args.timeout, args.retries)
         except (OSError, requests.RequestException) as exc:
             return path, 0, connection_error(exc)
 

@@ -56,7 +56,8 @@ def run(args: argparse.Namespace, paths: list[str], output) -> int:
 def create(session: requests.Session, args: argparse.Namespace, paths: list[str]) -> str | None:
     """POST /v1/tasks with every image as a multipart `image` part; the task id, or None (error printed)."""
     fields = {name: str(value) for name, value in (("top_k", args.top_k), ("model", args.model),
-                                                   ("models", args.models), ("pipeline", args.pipeline)) if value}
+                                                   ("models", args.models), ("pipeline", args.pipeline),
+                                                   ("type", args.type)) if value}
     with ExitStack() as files:
         handles = [files.enter_context(open(path, "rb")) for path in paths]
 

@@ -29,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from image_gateway import errors
 from image_gateway.front import wsgi
-from image_gateway.front.admission import PeerLimit, key_refused
+from image_gateway.front.admission import PeerLimit, clients_of, key_refused
 from image_gateway.front.http11 import (
     MAX_HEADER_BYTES,
     BadRequest,
@@ -162,7 +162,7 @@ class Connection(asyncio.Protocol):
             return False
         self.head = parse_head(bytes(self.buffer[:end]))
         del self.buffer[:end + 4]
-        if key_refused(self.head, self.config):
+        if key_refused(self.head, self.config, self.front.clients):
             raise BadRequest(401, errors.UNAUTHORIZED.description)     # before 100 Continue and any body
         return True
 
@@ -300,6 +300,7 @@ class Front:
         if config.min_body_bytes_per_s < 0 or config.max_connections_per_peer < 0:
             raise ValueError("MIN_BODY_BYTES_PER_S and MAX_CONNECTIONS_PER_PEER must be >= 0")
         self.wsgi_app, self.config = app, config
+        self.clients = clients_of(app)          # who holds a key: checked from a request's head, before its body
         self.body_rate = config.min_body_bytes_per_s or config.client_min_rate   # 0: CLIENT_MIN_RATE's value
         self.peers = PeerLimit(config.max_connections_per_peer)
         self.pool = ThreadPoolExecutor(config.web_threads, thread_name_prefix="web")

@@ -54,3 +54,9 @@ def catalog_key(prefix: str) -> str:
 def active_tasks_key(prefix: str) -> str:
     """Set: the ids of tasks not yet ended, which the feeders of every web process scan."""
     return f"{prefix}:tasks:active"
+
+
+def rate_key(prefix: str, client: str) -> str:
+    """String: a client's theoretical arrival time (GCRA, ms; protocol/ratelimit.py), hash tag ``{client:<name>}``:
+    one key per client, shared by every web server; it expires when the client's bucket is full again."""
+    return f"{prefix}:{{client:{client}}}:rate"

@@ -203,3 +203,28 @@ if done >= tonumber(redis.call('HGET', KEYS[1], 'total')) then
 end
 return 1
 """
+
+# ------------------------------------------------------------------ quotas (protocol/ratelimit.py)
+# GCRA (the generic cell rate algorithm): one key per client holds the theoretical arrival time (TAT)
+# in ms at Redis' clock, shared by every web server. A request costs one emission interval; it is
+# allowed while the TAT it would leave is at most `burst` intervals ahead of now. Cost 0 only looks.
+#   KEYS[1] rate:<client>   ARGV[1] emission interval (ms, 1000 / rate)   ARGV[2] burst (requests at once)
+#   ARGV[3] cost (1: take one request, 0: look)
+# Returns {allowed (1/0), requests left now, ms until the next is allowed (0 when allowed), ms until full}.
+GCRA = """
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000 + tonumber(time[2]) / 1000
+local interval, burst, cost = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tat < now then tat = now end
+local limit = interval * burst
+local new_tat = tat + interval * cost
+if new_tat - now > limit then
+  return {0, math.max(0, math.floor((limit - (tat - now)) / interval)), math.ceil(new_tat - now - limit),
+          math.ceil(tat - now)}
+end
+if cost > 0 then
+  redis.call('SET', KEYS[1], string.format('%.3f', new_tat), 'PX', math.ceil(new_tat - now) + 1)
+end
+return {1, math.max(0, math.floor((limit - (new_tat - now)) / interval)), 0, math.ceil(new_tat - now)}
+"""

@@ -31,15 +31,18 @@ class TaskStore:
         return TaskKeys(self.prefix, task_id)
 
     def create(self, task_id: str, images: list[bytes | None], filenames: list[str], targets: list[str],
-               options: dict, ttl_s: int, urls: dict[int, str] | None = None, body_bytes: int = 0) -> int:
+               options: dict, ttl_s: int, urls: dict[int, str] | None = None, body_bytes: int = 0,
+               owner: str = "") -> int:
         """Store the images and their units; the task is RUNNING and active. Its unit count. An image
         given by URL (`urls`: index -> URL, its `images` entry None) is fetched by the feeder when its
-        unit runs; `fetched` counts the bytes fetched, on top of the request's `body_bytes`."""
+        unit runs; `fetched` counts the bytes fetched, on top of the request's `body_bytes`. `owner`: the
+        client that created it (only it may read or cancel the task)."""
         keys = self.keys(task_id)
         units = [f"{index}/{target}" for index in range(len(images)) for target in targets]
         meta = {"state": "RUNNING", "total": len(units), "done": 0, "failed": 0, "created": time.time(),
                 "expires_at": time.time() + ttl_s, "images": len(images), "filenames": json.dumps(filenames),
-                "options": json.dumps(options), "urls": json.dumps(urls or {}), "bytes": body_bytes}
+                "options": json.dumps(options), "urls": json.dumps(urls or {}), "bytes": body_bytes,
+                "client": owner}
         pipe = self.client.pipeline(transaction=True)
         pipe.hset(keys.meta, mapping=meta)
         stored = {index: data for index, data in enumerate(images) if data is not None}

@@ -11,7 +11,20 @@ from flask import Flask
 
 from image_gateway import settings as settings_module
 from image_gateway.settings import Settings
-from image_gateway.web import auth, discovery, envelope, openapi, ops, pipelines, predict, resources, tasks, v2
+from image_gateway.web import (
+    access,
+    auth,
+    discovery,
+    envelope,
+    openapi,
+    ops,
+    pipelines,
+    predict,
+    recognize,
+    resources,
+    tasks,
+    v2,
+)
 from image_gateway.web.feeder import Feeder
 
 
@@ -24,7 +37,8 @@ def create_app(config: Settings | None = None) -> Flask:
     resources.init_app(app, config)
     envelope.init_app(app)
     auth.init_app(app)
-    for module in (predict, ops, discovery, pipelines, tasks, v2, openapi):
+    access.init_app(app)                # after auth: the quota of the client it named
+    for module in (predict, ops, discovery, pipelines, recognize, access, tasks, v2, openapi):
         app.register_blueprint(module.bp)
     app.extensions["feeder"] = Feeder(app, app.extensions["gateway"].tasks, config.task_window, config.task_lease_s)
     return app

@@ -1,6 +1,8 @@
-"""Who may call what: with API_KEY set, every route needs `X-API-Key` except liveness, readiness and the
-page's static files. /metrics also takes METRICS_KEY (header `X-API-Key` or `Authorization: Bearer`), so a
-scraper need not hold the key that runs inference. Keys are compared in constant time.
+"""Who is calling: with API_KEY or CLIENTS set, every route needs `X-API-Key` except liveness, readiness and
+the page's static files; the key names the client (API_KEY is the client `default`; the CLIENTS file's keys
+are looked up by their SHA-256, image_gateway/clients.py). /metrics also takes METRICS_KEY (header
+`X-API-Key` or `Authorization: Bearer`), so a scraper need not hold the key that runs inference. Keys are
+compared in constant time. Without either setting every caller is the client `anonymous`, allowed all.
 
 The embedded front checks the same rule from the headers alone, before `100 Continue` and before it
 reads a body (front/admission.py); this hook is what holds behind gunicorn and in tests.
@@ -9,9 +11,10 @@ from __future__ import annotations
 
 import hmac
 
-from flask import Flask, request
+from flask import Flask, g, request
 
 from image_gateway import errors
+from image_gateway.clients import ANONYMOUS, Client, ClientRegistry
 from image_gateway.errors import GatewayError
 from image_gateway.settings import Settings
 from image_gateway.web.resources import gateway
@@ -37,18 +40,30 @@ def key_matches(supplied: str, *keys: str | None) -> bool:
     return found
 
 
-def allowed(config: Settings, path: str, headers) -> bool:
-    """The rule itself, from the path and headers only (the front calls it before reading a body)."""
-    if not config.api_key or is_public(path):
-        return True
+def identify(config: Settings, registry: ClientRegistry | None, path: str, headers) -> Client | None:
+    """The calling client, from the path and headers only (the front calls it before reading a body); None
+    when the key is missing or unknown on a route that needs one. Public routes are `anonymous`'s."""
+    if registry is None or not registry.required or is_public(path):
+        return ANONYMOUS
     supplied = headers.get("X-API-Key", "")
-    if path == "/metrics":
+    client = registry.current().by_key(supplied)
+    if path == "/metrics" and client is None:
         bearer = headers.get("Authorization", "")
         token = bearer[7:] if bearer[:7].lower() == "bearer " else ""
-        return key_matches(supplied, config.api_key, config.metrics_key) or key_matches(token, config.metrics_key)
-    return key_matches(supplied, config.api_key)
+        return ANONYMOUS if key_matches(supplied, config.metrics_key) or key_matches(token, config.metrics_key) \
+            else None
+    return client
+
+
+def allowed(config: Settings, path: str, headers, registry: ClientRegistry | None = None) -> bool:
+    """The rule itself, from the path and headers only; without a registry, API_KEY's alone."""
+    if registry is None:
+        registry = ClientRegistry(None, config.api_key, 0.0)
+    return identify(config, registry, path, headers) is not None
 
 
 def require_key() -> None:
-    if not allowed(gateway().config, request.path, request.headers):
+    client = identify(gateway().config, gateway().clients, request.path, request.headers)
+    if client is None:
         raise GatewayError(errors.UNAUTHORIZED)
+    g.client = client

@@ -17,7 +17,7 @@ from image_gateway.web.resources import gateway
 
 log = logging.getLogger("gateway.web")
 TRACE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-TIMED_ENDPOINTS = frozenset({"predict.predict"})
+TIMED_ENDPOINTS = frozenset({"predict.predict", "recognize.recognize"})
 
 
 def init_app(app: Flask) -> None:
@@ -48,11 +48,12 @@ def finish_request(response: Response) -> Response:
     response.headers["X-Served-By"] = config.server_name or f"{config.host}:{config.port}"
     if request.endpoint in TIMED_ENDPOINTS:
         elapsed_s = time.perf_counter() - g.started
-        metrics.REQUESTS.labels(str(response.status_code)).inc()
-        metrics.LATENCY.observe(elapsed_s)
+        client = g.client.name if "client" in g else "anonymous"
+        metrics.count_request(response.status_code, client, elapsed_s)
         log.info("predict %s", response.status_code, extra={
             "trace_id": g.trace_id, "job": g.job_id, "status": response.status_code,
-            "ms": round(elapsed_s * 1000, 1)})
+            "ms": round(elapsed_s * 1000, 1), "client": client, "type": g.get("route_type"),
+            "model": g.get("model"), "version": g.get("version"), "pipeline": g.get("pipeline")})
     return response
 
 

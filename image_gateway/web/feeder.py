@@ -18,6 +18,7 @@ import redis
 from flask import Flask
 
 from image_gateway import errors, protocol
+from image_gateway.clients import Route
 from image_gateway.errors import GatewayError
 from image_gateway.web.jobs import Call, model_input, new_job, output, submit
 from image_gateway.web.plan_runner import run_plan
@@ -103,12 +104,15 @@ def run_unit(gw: Gateway, task_id: str, unit: str, meta: dict) -> dict:
     """One image through one model or pipeline: the result as a task reports it."""
     index_text, target = unit.split("/", 1)
     index = int(index_text)
-    head = {"index": index, "filename": json.loads(meta["filenames"])[index]}
+    options = json.loads(meta["options"])
+    head = {"index": index, "filename": json.loads(meta["filenames"])[index],
+            **({"type": options["type"]} if "type" in options else {})}
     try:
-        upload = Upload(unit_image(gw, task_id, index, meta), json.loads(meta["options"])["top_k"])
+        upload = Upload(unit_image(gw, task_id, index, meta), options["top_k"], max_frames=options.get("max_frames"))
         return {**head, "success": True, **answer(gw, upload, target)}
     except GatewayError as exc:
-        return {**head, **({"model": target} if ":" not in target else {"pipeline": target.split(":", 1)[1]}),
+        pipeline = target.startswith("pipeline:")
+        return {**head, **({"pipeline": target.split(":", 1)[1]} if pipeline else {"model": target.split("@")[0]}),
                 "success": False, "error": {"code": exc.code, "message": exc.message}}
 
 
@@ -135,7 +139,8 @@ def answer(gw: Gateway, upload, target: str) -> dict:
     if target.startswith("pipeline:"):
         name = target.split(":", 1)[1]
         return {"pipeline": name, **run_plan(call, gw.plans[name], upload)}
-    served = gw.router.resolve(target, None)
+    route = Route.from_target(target)            # a model, pinned or split by a client's route: model@...
+    served = gw.router.resolve(route.model, route.version_for(upload.data))
     array, params = model_input(call, upload.data, served.spec)
     job = submit(call, served, new_job(call, served, array, upload.top_k, params))
     return {"model": served.name, "version": served.version, **output(call, served, job)}

@@ -31,7 +31,7 @@ TAGS = [{"name": "native", "description": "the gateway's own JSON API"},
         {"name": "documentation", "description": "this document and its Swagger UI"}]
 UPLOAD = ("MISSING_IMAGE", "EMPTY_IMAGE", "INVALID_BASE64", "INVALID_PARAMETER", "INVALID_JSON", "IMAGE_UNREADABLE",
           "UNSUPPORTED_FORMAT", "UNSUPPORTED_MEDIA_TYPE", "IMAGE_TOO_LARGE", "PAYLOAD_TOO_LARGE", "URL_NOT_ALLOWED",
-          "URL_FETCH_FAILED", "UNAUTHORIZED")
+          "URL_FETCH_FAILED", "UNAUTHORIZED", "MODEL_NOT_ALLOWED", "RATE_LIMITED")
 QUEUED = ("SERVER_BUSY", "QUEUE_UNAVAILABLE", "TIMEOUT", "INFERENCE_FAILED")
 STRING, INTEGER, NUMBER, BOOLEAN = ({"type": "string"}, {"type": "integer"}, {"type": "number"}, {"type": "boolean"})
 
@@ -55,7 +55,9 @@ def schemas(config: Settings) -> dict[str, dict]:
     upload_fields = {"top_k": top_k, "model": {**STRING, "description": "a served model (default: MODEL)"},
                      "version": {**STRING, "description": "a version of the model (default: its newest READY)"},
                      "url": {**STRING, "format": "uri", "description": "fetch the image from this URL instead "
-                             "(behind the SSRF guard: URL_INPUT, URL_ALLOWLIST)"}}
+                             "(behind the SSRF guard: URL_INPUT, URL_ALLOWLIST)"},
+                     "max_frames": {"type": "integer", "minimum": 1, "description": "a frames pipeline: at most this "
+                                    "many frames (lowers the pipeline's own)"}}
     version = obj("version state live_workers", version=STRING, state={"enum": ["READY", "LOADING", "UNAVAILABLE"]},
                   live_workers=INTEGER, reason=STRING, runtime=STRING, format=STRING,
                   precision={"enum": ["fp32", "int8"]})
@@ -93,6 +95,13 @@ def schemas(config: Settings) -> dict[str, dict]:
                                 results={"type": "object", "additionalProperties": {
                                     "allOf": [ref("Answer"), obj("success model version", success={"const": True},
                                                                  model=STRING, version=STRING)]}}),
+        "RecognizeResponse": {"allOf": [obj("type client", type=STRING, client=STRING),
+                                        {"anyOf": [ref("PredictResponse"), ref("PipelineResponse")]}]},
+        "ClientMe": obj("success client routes quota", success={"const": True}, client=STRING,
+                        routes={"type": "object", "additionalProperties": {"type": "object"}},
+                        models={"type": ["array", "null"], "items": STRING}, rate={"type": ["number", "null"]},
+                        burst={"type": ["integer", "null"]}, max_task_images={"type": ["integer", "null"]},
+                        quota={"type": ["object", "null"]}),
         "Ready": obj("ready", ready=BOOLEAN, model=STRING, version=STRING, live_workers=INTEGER, reason=STRING),
         "Status": obj("model version queue_depth stats workers", model=STRING, version=STRING, queue_depth=INTEGER,
                       stats={"type": "object"}, workers=array({"type": "object"})),
@@ -114,9 +123,10 @@ def task_and_v2_schemas() -> dict[str, dict]:
                                       predictions=array(ref("Prediction")), detections=array(ref("Detection")),
                                       error=obj("code message", code=STRING, message=STRING)))),
         "TaskJson": obj(images=array({**STRING, "contentEncoding": "base64"}), urls=array({**STRING, "format": "uri"}),
-                        model=STRING, models={**STRING, "description": "comma-separated"}, pipeline=STRING),
+                        model=STRING, models={**STRING, "description": "comma-separated"}, pipeline=STRING,
+                        type={**STRING, "description": "a recognition type of the calling client"}),
         "TaskForm": obj(image=array({**STRING, "format": "binary", "contentMediaType": "application/octet-stream"}),
-                        model=STRING, models=STRING, pipeline=STRING),
+                        model=STRING, models=STRING, pipeline=STRING, type=STRING, max_frames=INTEGER),
         "V2Server": obj("name version extensions", name=STRING, version=STRING, extensions=array(STRING)),
         "V2TensorMetadata": obj("name datatype shape", name=STRING, datatype=STRING, shape=array(INTEGER)),
         "V2Model": obj("name versions platform inputs outputs", name=STRING, versions=array(STRING), platform=STRING,
@@ -189,6 +199,19 @@ def pipeline_predict(gw) -> dict:
               path=("a pipeline (GET /v1/pipelines)",), secured=True)
 
 
+def recognize(gw) -> dict:
+    return op("Recognize a type: the calling client's route picks the model version or pipeline", "native",
+              ok("RecognizeResponse", "the answer of the model or pipeline the route names"),
+              UPLOAD + ("TYPE_NOT_FOUND", "MODEL_NOT_FOUND", "MODEL_VERSION_NOT_FOUND", "MODEL_UNAVAILABLE",
+                        "PIPELINE_NOT_FOUND", "PIPELINE_STEP_FAILED") + QUEUED,
+              body={"multipart/form-data": {"schema": ref("PredictForm")},
+                    "application/json": json_body("PredictJson", {"image": example_png()})},
+              query=(query("top_k", {"type": "integer"}, "as the body field"),),
+              path=("a recognition type of the calling client (GET /v1/clients/me lists its routes)",), secured=True,
+              description="The same body as /predict; `model` and `version` are ignored: the client's route (the "
+                          "CLIENTS file) decides, a canary split by the image's bytes.")
+
+
 def v2_infer(gw) -> dict:
     example = {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": [example_png()]}],
                "outputs": [{"name": "probabilities", "parameters": {"classification": 3}}]}
@@ -201,7 +224,7 @@ def v2_infer(gw) -> dict:
     return op("Infer (Open Inference Protocol)", "v2", answers,
               ("INVALID_PARAMETER", "EMPTY_IMAGE", "INVALID_BASE64", "IMAGE_UNREADABLE", "UNSUPPORTED_FORMAT",
                "IMAGE_TOO_LARGE", "PAYLOAD_TOO_LARGE", "UNAUTHORIZED", "MODEL_NOT_FOUND", "MODEL_VERSION_NOT_FOUND",
-               "MODEL_UNAVAILABLE") + QUEUED,
+               "MODEL_UNAVAILABLE", "MODEL_NOT_ALLOWED", "RATE_LIMITED") + QUEUED,
               body={"application/json": json_body("V2InferRequest", example),
                     "application/octet-stream": {"schema": {}}},
               query=(header,), path=("the model", "its version"), secured=True, v2=True,
@@ -238,6 +261,10 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
                                      path=MODEL_PATH),
     ("GET", "/v1/pipelines"): simple("List the pipelines", "native", "PipelineList"),
     ("POST", "/v1/pipelines/{}/predict"): pipeline_predict,
+    ("POST", "/v1/recognize/{}"): recognize,
+    ("GET", "/v1/clients/me"): lambda gw: op("The calling client: its name, routes and quota now", "native",
+                                             ok("ClientMe", "the caller"), ("UNAUTHORIZED", "QUEUE_UNAVAILABLE"),
+                                             secured=True),
     ("GET", "/healthz"): simple("Liveness: the process is up", "operations", None),
     ("GET", "/readyz"): simple("Readiness: Redis answers and the default model has a live worker", "operations",
                                "Ready", extra=not_ready("Ready", "503")),
@@ -257,8 +284,8 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         "Queue many images as one task", "tasks", {"202": {
             "description": "accepted; poll status_url", "headers": {"Location": {"schema": STRING}},
             "content": {"application/json": {"schema": ref("TaskCreated")}}}},
-        UPLOAD + ("TASK_TOO_LARGE", "MODEL_NOT_FOUND", "MODEL_VERSION_NOT_FOUND", "PIPELINE_NOT_FOUND",
-                  "SERVER_BUSY", "QUEUE_UNAVAILABLE"),
+        UPLOAD + ("TASK_TOO_LARGE", "TYPE_NOT_FOUND", "MODEL_NOT_FOUND", "MODEL_VERSION_NOT_FOUND",
+                  "PIPELINE_NOT_FOUND", "SERVER_BUSY", "QUEUE_UNAVAILABLE"),
         body={"multipart/form-data": {"schema": ref("TaskForm")}, "application/json": {"schema": ref("TaskJson")}},
         secured=True),
     ("GET", "/v1/tasks/{}"): lambda gw: op(
@@ -335,7 +362,7 @@ def error_responses(codes: list[errors.ErrorCode], v2: bool) -> dict:
         schema = ref("ProtocolError") if v2 else {"allOf": [ref("Error")], "properties": {"error": {
             "properties": {"code": {"enum": [error.code for error in group]}}}}}
         responses[str(status)] = {"description": listing, "content": {"application/json": {"schema": schema}}}
-        if status == 503:
+        if status in (429, 503):
             responses[str(status)]["headers"] = {"Retry-After": {"description": "seconds to wait before retrying",
                                                                  "schema": INTEGER}}
     return responses

@@ -9,6 +9,7 @@ from flask import Blueprint, g, jsonify
 from image_gateway import errors, protocol
 from image_gateway.errors import GatewayError
 from image_gateway.protocol.catalog import READY, UNAVAILABLE
+from image_gateway.web import access
 from image_gateway.web.envelope import current_call
 from image_gateway.web.plan_runner import run_plan
 from image_gateway.web.resources import gateway
@@ -40,11 +41,21 @@ def plan_state(plan, view: dict) -> dict:
 @bp.post("/v1/pipelines/<name>/predict")
 def run_pipeline(name: str):
     call = current_call()
-    gw = call.gw
     g.job_id = protocol.new_job_id()
+    access.permit("pipeline", name)
+    plan_named(call.gw, name)
+    return jsonify(pipeline_body(call, name, read_upload(call.config)))
+
+
+def plan_named(gw, name: str):
     plan = gw.plans.get(name)
     if plan is None:
         raise GatewayError(errors.PIPELINE_NOT_FOUND, f"no pipeline {name!r}; pipelines: "
                            f"{', '.join(sorted(gw.plans)) or 'none'}")
-    upload = read_upload(gw.config)
-    return jsonify({"success": True, "id": g.job_id, "pipeline": name, **run_plan(call, plan, upload)})
+    return plan
+
+
+def pipeline_body(call, name: str, upload) -> dict:
+    """A pipeline's answer on one image (shared by /v1/pipelines/<name>/predict and /v1/recognize/<type>)."""
+    g.pipeline = name
+    return {"success": True, "id": g.job_id, "pipeline": name, **run_plan(call, plan_named(call.gw, name), upload)}

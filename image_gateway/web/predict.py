@@ -5,10 +5,11 @@ from flask import Blueprint, g, jsonify
 
 from image_gateway import errors, metrics, protocol
 from image_gateway.errors import GatewayError
+from image_gateway.web import access
 from image_gateway.web.envelope import current_call
-from image_gateway.web.jobs import model_input, new_job, refuse_when_full, submit, wait
+from image_gateway.web.jobs import Call, model_input, new_job, refuse_when_full, submit, wait
 from image_gateway.web.routing import Served
-from image_gateway.web.uploads import cache_digest, read_upload
+from image_gateway.web.uploads import Upload, cache_digest, read_upload
 
 bp = Blueprint("predict", __name__)
 
@@ -20,7 +21,16 @@ def predict(name: str | None = None, version: str | None = None):
     call = current_call()
     g.job_id = protocol.new_job_id()       # every answer, cached or failed, carries its own id
     upload = read_upload(call.config)
-    served = call.gw.router.resolve(name or upload.model, version or upload.version)
+    name = name or upload.model or call.gw.router.default_name
+    access.permit("model", name)
+    served = call.gw.router.resolve(name, version or upload.version)
+    return jsonify(predict_body(call, upload, served))
+
+
+def predict_body(call: Call, upload: Upload, served: Served) -> dict:
+    """The answer of one image on one model version: from the cache, or queued and waited for. Shared by
+    /predict and /v1/recognize/<type>."""
+    g.model, g.version = served.name, served.version
     digest = cache_digest(upload.data, upload.top_k) if call.config.cache_ttl > 0 else None
     cached, depth = served.queue.cached_and_depth(digest)
     if cached:
@@ -32,9 +42,8 @@ def predict(name: str | None = None, version: str | None = None):
     return answer(wait(call, served, submit(call, served, job)), served)
 
 
-def answer(result: protocol.Result, served: Served):
+def answer(result: protocol.Result, served: Served) -> dict:
     """The client's JSON for a worker's result; a worker-side error is raised as its own code."""
     if not result.success:
         raise GatewayError(errors.by_code(result.error["code"]), result.error["message"])
-    return jsonify({"success": True, "id": g.job_id, "model": served.name, "version": served.version,
-                    **result.output})
+    return {"success": True, "id": g.job_id, "model": served.name, "version": served.version, **result.output}

@@ -13,8 +13,12 @@ from flask import Blueprint, current_app, jsonify, request, url_for
 
 from image_gateway import errors, protocol
 from image_gateway.errors import GatewayError
+from image_gateway.web import access
+from image_gateway.web.pipelines import plan_named
+from image_gateway.web.plans import units_per_image
+from image_gateway.web.recognize import route_of
 from image_gateway.web.resources import gateway
-from image_gateway.web.uploads import decode_base64, json_body, parse_top_k, text_field
+from image_gateway.web.uploads import decode_base64, json_body, parse_max_frames, parse_top_k, text_field
 
 bp = Blueprint("tasks", __name__)
 PAGE_LIMIT = 1000        # results per GET at most
@@ -37,13 +41,15 @@ def create_task():
         raise GatewayError(errors.MISSING_IMAGE, "send the images as multipart `image` parts or JSON "
                            "`images` (base64) and `urls`")
     targets, options = task_targets(fields)
-    if len(images) * len(targets) > gw.config.max_task_images:
-        raise GatewayError(errors.TASK_TOO_LARGE, f"{len(images)} images x {len(targets)} targets: a task takes at "
-                           f"most {gw.config.max_task_images} (MAX_TASK_IMAGES)")
+    limit, which = image_limit(gw.config)
+    per_image = units_per_image(gw.plans, targets, options.get("max_frames"))   # a frames pipeline: its frames
+    if len(images) * per_image > limit:
+        raise GatewayError(errors.TASK_TOO_LARGE, f"{len(images)} images x {per_image} targets or frames: a task "
+                           f"takes at most {limit} ({which})")
     urls = {index: name for index, (data, name) in enumerate(zip(images, filenames, strict=True)) if data is None}
     task_id = uuid.uuid4().hex
     gw.tasks.create(task_id, images, filenames, targets, options, gw.config.task_ttl, urls,
-                    request.content_length or 0)
+                    request.content_length or 0, access.caller().name)
     current_app.extensions["feeder"].wake()
     status_url = url_for("tasks.get_task", task_id=task_id)
     body = {"success": True, "task_id": task_id, "status_url": status_url, "images": len(images)}
@@ -63,8 +69,9 @@ def read_images() -> tuple[list[bytes | None], list[str], dict]:
     if not isinstance(body, dict) or not isinstance(body.get("images", []), list) \
             or not isinstance(body.get("urls", []), list):
         raise GatewayError(errors.INVALID_JSON, "a task body is {\"images\": [base64...], \"urls\": [...]}")
-    if len(body.get("images", [])) + len(body.get("urls", [])) > config.max_task_images:
-        raise GatewayError(errors.TASK_TOO_LARGE, f"a task takes at most {config.max_task_images} images")
+    limit, which = image_limit(config)
+    if len(body.get("images", [])) + len(body.get("urls", [])) > limit:
+        raise GatewayError(errors.TASK_TOO_LARGE, f"a task takes at most {limit} images ({which})")
     images = [decode_base64(item) for item in body.get("images", [])]
     urls = [checked_url(url, config) for url in body.get("urls", [])]
     return images + [None] * len(urls), [""] * len(images) + urls, body
@@ -80,12 +87,30 @@ def checked_url(url, config) -> str:
     return url
 
 
+def image_limit(config) -> tuple[int, str]:
+    """The most images x targets of one of the caller's tasks, and the setting that says so."""
+    client = access.caller()
+    if client.max_task_images and client.max_task_images < config.max_task_images:
+        return client.max_task_images, f"max_task_images of client {client.name!r}"
+    return config.max_task_images, "MAX_TASK_IMAGES"
+
+
 def task_targets(fields) -> tuple[list[str], dict]:
-    """What each image goes through: a model, several models, or a pipeline (checked now)."""
+    """What each image goes through: a model, several models, a pipeline, or the caller's route for a
+    recognition `type` (checked now)."""
     gw = gateway()
-    pipeline, models = text_field(fields, "pipeline"), text_field(fields, "models")
-    options = {"top_k": parse_top_k(fields.get("top_k"), gw.config)}
+    pipeline, models, kind = text_field(fields, "pipeline"), text_field(fields, "models"), text_field(fields, "type")
+    options = {"top_k": parse_top_k(fields.get("top_k"), gw.config),
+               "max_frames": parse_max_frames(fields.get("max_frames"))}
+    if kind:
+        route = route_of(access.caller(), kind)
+        if route.pipeline:
+            plan_named(gw, route.pipeline)
+        else:
+            gw.router.versions_of(route.model)
+        return [route.target()], {**options, "type": kind}
     if pipeline:
+        access.permit("pipeline", pipeline)
         if pipeline not in gw.plans:
             raise GatewayError(errors.PIPELINE_NOT_FOUND, f"no pipeline {pipeline!r}")
         return [f"pipeline:{pipeline}"], options
@@ -93,6 +118,7 @@ def task_targets(fields) -> tuple[list[str], dict]:
         [text_field(fields, "model") or gw.router.default_name]
     names = list(dict.fromkeys(names))         # a model named twice runs once
     for name in names:
+        access.permit("model", name)
         gw.router.versions_of(name)              # MODEL_NOT_FOUND now, not per image later
     return names, options
 
@@ -125,7 +151,7 @@ def page_arguments() -> tuple[int, int]:
 def task_report(task_id: str, offset: int, limit: int) -> dict:
     store: protocol.TaskStore = gateway().tasks
     meta = store.meta(task_id)
-    if meta is None:
+    if meta is None or meta.get("client", access.caller().name) != access.caller().name:   # another's: as unknown
         raise GatewayError(errors.TASK_NOT_FOUND, f"no task {task_id!r} (unknown, or expired and gone)")
     state = meta["state"]
     if state == "RUNNING" and float(meta["expires_at"]) < time.time():

@@ -21,6 +21,7 @@ class Upload:
     top_k: int
     model: str | None = None        # form field, JSON field or query parameter; the path overrides
     version: str | None = None
+    max_frames: int | None = None   # a frames pipeline's frames at most (lowers the pipeline's own)
 
 
 def read_upload(config: Settings) -> Upload:
@@ -45,7 +46,8 @@ def read_upload(config: Settings) -> Upload:
     if not data:
         raise GatewayError(errors.EMPTY_IMAGE)
     top_k = parse_top_k(field(fields, "top_k"), config)
-    return Upload(data, top_k, text_field(fields, "model"), text_field(fields, "version"))
+    return Upload(data, top_k, text_field(fields, "model"), text_field(fields, "version"),
+                  parse_max_frames(field(fields, "max_frames")))
 
 
 def json_body():
@@ -108,6 +110,19 @@ def parse_top_k(raw, config: Settings) -> int:
     if not 1 <= top_k <= config.max_top_k:
         raise GatewayError(errors.INVALID_PARAMETER, f"top_k must be an integer from 1 to {config.max_top_k}")
     return top_k
+
+
+def parse_max_frames(raw) -> int | None:
+    """A request's `max_frames` (for a frames pipeline): a whole number from 1, or None when not sent."""
+    if raw is None or raw == "":
+        return None
+    try:
+        value = int(raw) if isinstance(raw, str | int) and not isinstance(raw, bool) else 0
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise GatewayError(errors.INVALID_PARAMETER, "max_frames must be a whole number of at least 1")
+    return value
 
 
 def cache_digest(data: bytes, top_k: int) -> str:

@@ -37,6 +37,7 @@ from werkzeug.exceptions import HTTPException
 from image_gateway import errors, metrics, protocol
 from image_gateway.errors import GatewayError
 from image_gateway.protocol.catalog import READY
+from image_gateway.web import access
 from image_gateway.web.envelope import current_call
 from image_gateway.web.jobs import model_input, new_job, output, refuse_when_full, submit
 from image_gateway.web.resources import gateway
@@ -102,8 +103,8 @@ def unexpected_error(exc: Exception):
 def count_inference(response: Response) -> Response:
     """Inference requests count in the same request metrics as /predict."""
     if request.endpoint == "v2.infer" and "started" in g:
-        metrics.REQUESTS.labels(str(response.status_code)).inc()
-        metrics.LATENCY.observe(time.perf_counter() - g.started)
+        client = g.client.name if "client" in g else "anonymous"
+        metrics.count_request(response.status_code, client, time.perf_counter() - g.started)
     return response
 
 
@@ -181,6 +182,7 @@ def infer(name: str, version: str | None = None):
     call = current_call()
     gw = call.gw
     g.job_id = protocol.new_job_id()
+    access.permit("model", name)
     header, tail = read_request()
     images = image_elements(header, tail, gw.config.max_batch_images)
     served = gw.router.resolve(name, version)

@@ -1,7 +1,8 @@
 /* The page: send each chosen image to `POST predict` (with the model picked from `GET v1/models`) or to
    `POST v1/pipelines/<name>/predict` (a pipeline from `GET v1/pipelines`) and show its top labels, its
    detections (as text, and as boxes drawn over the thumbnail), the texts an OCR pipeline read (listed,
-   and their lines outlined and numbered over the thumbnail), or its error in words. */
+   and their lines outlined and numbered over the thumbnail), or its error in words. A caller with
+   recognition types (`GET v1/clients/me`, the CLIENTS file's routes) may pick one: `POST v1/recognize/<type>`. */
 "use strict";
 
 (function () {
@@ -10,6 +11,9 @@
   const MODELS_URL = "v1/models";
   const PIPELINES_URL = "v1/pipelines";
   const PIPELINE_VALUE = "pipeline:";      // picker values of pipelines, apart from model names
+  const ME_URL = "v1/clients/me";
+  const RECOGNIZE_URL = "v1/recognize/";
+  const TYPE_VALUE = "type:";              // picker values of the caller's recognition types
   const SVG_NS = "http://www.w3.org/2000/svg";
   const BOX_LABEL_PX = 12;                 // box labels are this tall on screen, whatever the thumbnail's scale
   const MODELS_TIMEOUT_MS = 15000;
@@ -37,6 +41,9 @@
     SERVER_BUSY: "The server is busy with other images right now. Please try again in a few seconds.",
     QUEUE_UNAVAILABLE: "The server cannot reach its work queue at the moment. Please try again shortly.",
     TIMEOUT: "The server took too long to answer. It may be overloaded; please try again.",
+    MODEL_NOT_ALLOWED: "Your key may not use this model directly. Pick one of your recognition types instead.",
+    TYPE_NOT_FOUND: "Your key has no such recognition type any more. The list has been refreshed: pick another one.",
+    RATE_LIMITED: "Too many requests for your key right now. Please wait a moment, then try again.",
     MODEL_NOT_FOUND: "The chosen model is not served any more. The model list has been refreshed: pick another model, then try again.",
     MODEL_VERSION_NOT_FOUND: "The chosen version of this model is not served (it may have been removed). The model list has been refreshed: pick another version, then try again.",
     PIPELINE_NOT_FOUND: "The chosen pipeline is not served any more. The list has been refreshed: pick another model or pipeline, then try again.",
@@ -55,7 +62,7 @@
   // Sending the same bytes again cannot help with these.
   // The picker may be out of date when the server answers one of these: read the list again.
   const MODEL_CODES = new Set(["MODEL_NOT_FOUND", "MODEL_VERSION_NOT_FOUND", "MODEL_UNAVAILABLE",
-                               "PIPELINE_NOT_FOUND"]);
+                               "PIPELINE_NOT_FOUND", "TYPE_NOT_FOUND", "MODEL_NOT_ALLOWED"]);
   const STATE_WORDS = { READY: "ready", LOADING: "loading", UNAVAILABLE: "unavailable" };
   const FINAL_CODES = new Set(["IMAGE_UNREADABLE", "UNSUPPORTED_FORMAT", "IMAGE_TOO_LARGE",
                                "PAYLOAD_TOO_LARGE", "EMPTY_IMAGE"]);
@@ -134,6 +141,8 @@
   let modelsTimer = null;
 
   let pipelinesKnown = [];    // the pipelines from the last good `v1/pipelines` answer
+  let typesKnown = [];        // the caller's recognition types (`v1/clients/me` routes), and
+  let typesOnly = false;      // whether it may use only them (no model named directly)
 
   async function loadModels() {
     clearTimeout(modelsTimer);
@@ -142,7 +151,8 @@
     let models, pipelines;
     try {
       [models, pipelines] = await Promise.all([readList(MODELS_URL, "models", controller.signal),
-                                               readList(PIPELINES_URL, "pipelines", controller.signal)]);
+                                               readList(PIPELINES_URL, "pipelines", controller.signal),
+                                               readTypes(controller.signal)]);
     } finally {
       clearTimeout(timer);
     }
@@ -176,6 +186,33 @@
     }
   }
 
+  // The caller's types from `v1/clients/me` (none when it cannot be read: an older gateway).
+  async function readTypes(signal) {
+    try {
+      const response = await fetch(ME_URL, { headers: apiHeaders(), signal, credentials: "same-origin", cache: "no-store" });
+      const body = await response.json().catch(() => null);
+      if (response.ok && body && body.routes && typeof body.routes === "object") {
+        typesKnown = Object.keys(body.routes).sort();
+        typesOnly = Array.isArray(body.models) && body.models.length === 0;
+      }
+    } catch (err) {
+      // keep what was known
+    }
+  }
+
+  function typesGroup() {
+    if (!typesKnown.length) return null;
+    const group = el("optgroup");
+    group.label = "Your recognition types";
+    group.append(...typesKnown.map((name) => {
+      const option = el("option", null, name);
+      option.value = TYPE_VALUE + name;
+      option.dataset.type = name;
+      return option;
+    }));
+    return group;
+  }
+
   function versionsOf(model) {
     return Array.isArray(model.versions) ? model.versions : [];
   }
@@ -192,7 +229,7 @@
   }
 
   function drawModels(listing, pipelines) {
-    const drawn = JSON.stringify([listing, pipelines]);
+    const drawn = JSON.stringify([listing, pipelines, typesKnown, typesOnly]);
     if (drawn === modelsDrawn) return;
     modelsDrawn = drawn;
     const previous = modelSelect.value;
@@ -209,10 +246,13 @@
     }
     const pipelineGroup = pipelinesGroup(pipelines, listing);
     if (pipelineGroup) groups.push(pipelineGroup);
+    const typeGroup = typesGroup();
+    if (typeGroup) groups.unshift(typeGroup);
     modelSelect.replaceChildren(...groups);
     const usable = Array.from(modelSelect.options).filter((option) => !option.disabled);
     const keep = usable.find((option) => option.value === previous && previous !== "");
-    const fallback = usable.find((option) => option.dataset.isDefault) || usable[0];
+    const fallback = (typesOnly && usable.find((option) => option.dataset.type)) ||
+                     usable.find((option) => option.dataset.isDefault) || usable[0];
     if (keep || fallback) modelSelect.value = (keep || fallback).value;
     modelStatus.textContent = !listing.length ? "The server lists no models; images go to its default model."
       : listing.length + (listing.length === 1 ? " model" : " models") +
@@ -299,6 +339,7 @@
   // the server's default.
   function chosenModel() {
     const option = modelSelect.selectedOptions[0];
+    if (option && option.dataset.type) return { type: option.dataset.type };
     if (option && option.dataset.pipeline) return { pipeline: option.dataset.pipeline };
     if (!option || !option.dataset.model) return null;
     return { model: option.dataset.model, version: option.dataset.version || null };
@@ -394,7 +435,9 @@
     const form = new FormData();
     form.append("image", card.file, card.file.name || "image");
     let url = PREDICT_URL;
-    if (card.choice && card.choice.pipeline) {
+    if (card.choice && card.choice.type) {
+      url = RECOGNIZE_URL + encodeURIComponent(card.choice.type);
+    } else if (card.choice && card.choice.pipeline) {
       url = PIPELINES_URL + "/" + encodeURIComponent(card.choice.pipeline) + "/predict";
     } else if (card.choice) {
       form.append("model", card.choice.model);
@@ -427,7 +470,7 @@
     let body = null;
     try { body = JSON.parse(text); } catch (e) { body = null; }
     const retryAfter = response.headers.get("Retry-After");
-    if (response.ok && body && body.success === true && (isAnswer(body) || isFanOut(body))) {
+    if (response.ok && body && body.success === true && (isAnswer(body) || isFanOut(body) || isFrames(body))) {
       return { ok: true, body };
     }
     if (body && body.error && typeof body.error === "object") {
@@ -449,6 +492,18 @@
     const results = body.results;
     return Boolean(results) && typeof results === "object" && !Array.isArray(results) &&
            Object.values(results).every((result) => result && typeof result === "object" && isAnswer(result));
+  }
+
+  // A frames pipeline answers `frames` (each frame's answer with its `index` and `timestamp`) and a `merge`:
+  // each label's best probability over the frames (`max`), shown first, then every frame.
+  function isFrames(body) {
+    return Array.isArray(body.frames) && body.frames.every((frame) => frame && typeof frame === "object" && isAnswer(frame));
+  }
+
+  function frameAnswers(body) {
+    const best = body.merge && Array.isArray(body.merge.max) ? body.merge.max : null;
+    return (best ? [["best of " + body.frames.length + " frames", { predictions: best }]] : []).concat(
+      body.frames.map((frame) => ["frame " + frame.index + " \u00b7 " + Number(frame.timestamp).toFixed(2) + " s", frame]));
   }
 
   function resultRows(body) {
@@ -505,6 +560,7 @@
     const name = card.file.name || "image";
     const answers = [];        // [model name or null, its answer]
     if (isAnswer(body)) answers.push([null, body]);
+    else if (isFrames(body)) answers.push(...frameAnswers(body));
     else Object.keys(body.results).forEach((model) => answers.push([model, body.results[model]]));
     const spoken = [];
     answers.forEach(([model, answer]) => {
@@ -544,7 +600,7 @@
     card.root.classList.add("done");
     card.root.setAttribute("aria-busy", "false");
     const shapes = [];
-    answers.forEach(([, answer]) => {
+    (isFrames(body) ? [] : answers).forEach(([, answer]) => {     // a frame's boxes are not on the thumbnail
       if (Array.isArray(answer.detections)) {
         shapes.push(...answer.detections.filter((d) => d && isBox(d.box)).map((d) => ({ box: d.box, label: boxLabel(d) })));
       }
@@ -774,6 +830,7 @@
   });
 
   keyInput.addEventListener("input", saveKey);
+  keyInput.addEventListener("change", loadModels);      // another key: maybe another client's types
   rememberBox.addEventListener("change", saveKey);
   clearButton.addEventListener("click", clearCards);
 
