@@ -57,6 +57,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "result cache on, per minute, instead (bench/cache_memory.py)")
     parser.add_argument("--quota", action="store_true", help="one client limited to 20/s sending 100/s through "
                         "nginx to 2 web processes instead (bench/quota.py; `python -m bench --quota --help`)")
+    parser.add_argument("--serving", action="store_true", help="the serving path's own CPU per image, web, worker "
+                        "and Redis apart, optionally A/B against --baseline REF instead (bench/serving.py)")
     parser.add_argument("--hostile", action="store_true", help="worst-case requests and the web process' peak "
                         "RSS instead (bench/hostile.py; `python -m bench --hostile --help`)")
     parser.add_argument("--runtimes", action="store_true", help="LiteRT against ONNX Runtime (raw and gateway, "
@@ -196,6 +198,9 @@ def main(argv: list[str] | None = None) -> None:
     if "--quota" in argv:
         from bench import quota
         return quota.main([arg for arg in argv if arg != "--quota"])
+    if "--serving" in argv:
+        from bench import serving
+        return serving.main([arg for arg in argv if arg != "--serving"])
     if "--hostile" in argv:
         from bench import hostile
         hostile.main([arg for arg in argv if arg != "--hostile"])

@@ -27,6 +27,18 @@ def scrape(url: str) -> dict[str, float]:
     return values
 
 
+def counters(url: str, names: tuple[str, ...]) -> dict[str, float]:
+    """The named metrics of the Prometheus text at `url`/metrics, each summed over its labels ({} when the
+    scrape fails)."""
+    status, body = processes.http_get(url.rstrip("/") + "/metrics", timeout_s=10)
+    values: dict[str, float] = {}
+    for line in body.decode(errors="replace").splitlines() if status == 200 else ():
+        match = METRIC_LINE.match(line)
+        if match and match.group(1) in names:
+            values[match.group(1)] = values.get(match.group(1), 0.0) + float(match.group(3))
+    return values
+
+
 def level_diagnostics(before: dict, after: dict, window_s: float) -> dict:
     """What the counters say about one level: mean batch size, model busy fraction, cache hits ..."""
     delta = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}

@@ -24,6 +24,10 @@ BATCH_SIZE = Histogram("gateway_batch_size", "Jobs per predict call", MODEL_LABE
                        buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
 INFERENCE = Histogram("gateway_inference_seconds", "Model time per batch", MODEL_LABELS,
                       buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
+# CPU seconds of the two steps every image pays, timed on their own threads (time.thread_time): bench
+# subtracts them from the process' CPU to get what the serving path itself costs per image.
+MODEL_CPU = Counter("gateway_model_cpu_seconds_total", "CPU seconds of predict calls, on their threads", MODEL_LABELS)
+DECODE_CPU = Counter("gateway_decode_cpu_seconds_total", "CPU seconds decoding and resizing images (web tier)")
 EXPIRED = Counter("gateway_jobs_expired_total", "Jobs dropped by a worker because their deadline passed",
                   MODEL_LABELS)
 

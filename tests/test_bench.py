@@ -428,3 +428,30 @@ def test_hostile_mode_reports_peak_rss_against_the_settings_bound(tmp_path):
         assert row["clients"] == 2 and row["peak_rss_mib"] >= row["rss_before_mib"] > 0
         assert row["within_bound"] and row["peak_rss_mib"] <= row["bound_mib"]
     assert set(result["task_urls"]["status_codes"]) == {"202"}
+
+
+def test_serving_mode_splits_the_cpu_and_compares_with_a_baseline(tmp_path):
+    """`python -m bench --serving --baseline HEAD`, one short window each: web, worker and Redis CPU apart,
+    decode and model taken out by the gateway's own counters, the baseline measured from a git worktree."""
+    out = tmp_path / "serving.json"
+    done = subprocess.run([sys.executable, "-m", "bench", "--serving", "--json", str(out), "--baseline", "HEAD",
+                           "--rounds", "1", "--duration", "2", "--concurrency", "4", "--photos", "200"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "LITERT_CACHE_DIR": str(ARTIFACTS / "litert-cache")})
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    for side in ("current", "baseline"):
+        row = result[side]
+        assert row["errors"] == 0 and row["images_per_s"] > 0
+        assert set(row["cpu_ms_per_image"]) == {"web", "worker", "redis"}
+        assert all(value > 0 for value in row["cpu_ms_per_image"].values())
+        stages = row["stages_ms_per_image"]
+        assert row["server_cpu_ms_per_image"] == pytest.approx(
+            stages["web_serving"] + stages["worker_serving"] + stages["redis"], abs=0.01)
+    current = result["current"]
+    assert 0 < current["decode_cpu_ms"] < current["cpu_ms_per_image"]["web"]
+    assert 0 < current["model_cpu_ms"] < current["cpu_ms_per_image"]["worker"]
+    assert result["server_cpu_ratio"] == round(current["server_cpu_ms_per_image"]
+                                               / result["baseline"]["server_cpu_ms_per_image"], 3)
+    worktrees = subprocess.run(["git", "worktree", "list"], cwd=ROOT, capture_output=True, text=True).stdout
+    assert "bench-baseline-" not in worktrees            # the baseline's worktree is gone

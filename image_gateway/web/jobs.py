@@ -35,10 +35,14 @@ def model_input(call: Call, data: bytes, spec) -> tuple[np.ndarray, dict]:
     config = call.config
     if time.time() >= call.deadline:
         raise GatewayError(errors.TIMEOUT, f"no result within {config.request_timeout:g} s (still decoding)")
-    if spec.kind == "detector":
-        image = imaging.decode_image(data, max_pixels=config.max_image_pixels, deadline=call.deadline)
-        return imaging.working_image(image, config.detect_max_side)
-    return imaging.prepare_image(data, spec, max_pixels=config.max_image_pixels, deadline=call.deadline), {}
+    started = time.thread_time()
+    try:
+        if spec.kind == "detector":
+            image = imaging.decode_image(data, max_pixels=config.max_image_pixels, deadline=call.deadline)
+            return imaging.working_image(image, config.detect_max_side)
+        return imaging.prepare_image(data, spec, max_pixels=config.max_image_pixels, deadline=call.deadline), {}
+    finally:
+        metrics.DECODE_CPU.inc(time.thread_time() - started)
 
 
 def new_job(call: Call, served: Served, array: np.ndarray, top_k: int, params: dict | None = None,
