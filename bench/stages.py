@@ -87,16 +87,6 @@ def _postprocess_cost(images: int, spec: models.ModelSpec, top_k: int) -> float:
         list(probabilities))
 
 
-class _Encoded:
-    """A Job stand-in whose encode() is already done, so the Redis timing excludes serialisation."""
-
-    def __init__(self, raw: bytes):
-        self.raw = raw
-
-    def encode(self) -> bytes:
-        return self.raw
-
-
 def redis_costs(arrays: list[np.ndarray], spec: models.ModelSpec, config: settings_module.Settings,
                 min_seconds: float = 1.0) -> tuple[float, dict]:
     """CPU ms per image (this client + redis-server) of the job's Redis round trips: cache lookup,
@@ -108,7 +98,7 @@ def redis_costs(arrays: list[np.ndarray], spec: models.ModelSpec, config: settin
     for array in arrays:
         job = protocol.Job(id=protocol.new_job_id(), model=spec.name, deadline=time.time() + 600,
                            array=np.ascontiguousarray(array, dtype=config.wire_dtype), trace_id="t" * 32)
-        messages.append((job.id, _Encoded(job.encode())))
+        messages.append((job.id, job))
     predictions = models.top_predictions(np.linspace(0, 1, len(spec.labels)), spec.labels, config.top_k)
     batch = max(1, min(config.batch_size, len(messages)))
     groups = [messages[i:i + batch] for i in range(0, len(messages) - batch + 1, batch)] or [messages]
@@ -120,10 +110,10 @@ def redis_costs(arrays: list[np.ndarray], spec: models.ModelSpec, config: settin
             for job_id, message in group:
                 assert queue.cached_and_depth(job_id)[0] is None   # the handler's cache lookup + depth, a miss
                 queue.enqueue(message, 10_000)
-            claimed = queue.claim("bench-worker", len(group))
-            assert len(claimed) == len(group)
+            claimed = queue.claim_jobs("bench-worker", len(group))
+            assert len(claimed) == len(group) and all(pixels for _, pixels in claimed)
             queue.publish([protocol.Result.ok(job_id, predictions=predictions) for job_id, _ in group], 60,
-                          ack=("bench-worker", len(group)))
+                          ack=("bench-worker", len(group)), forget=[job_id for job_id, _ in group])
             for job_id, _ in group:
                 assert queue.wait_result(job_id, 5.0) is not None
 

@@ -29,8 +29,9 @@ def test_wire_dtypes_round_trip_exactly(queue, dtype):
         array += rng.random((224, 224, 3), dtype=np.float32)   # fractional values survive too
     job = protocol.Job(id="a", model="m", deadline=time.time() + 5, array=array, top_k=3)
     assert queue.enqueue(job, limit=10)
-    [raw] = queue.claim("w1", 32)
-    decoded = protocol.Job.decode(raw)
+    [(raw, pixels)] = queue.claim_jobs("w1", 32)
+    assert len(raw) < 1000 and len(pixels) == array.nbytes           # the queue holds the header alone
+    decoded = protocol.Job.decode(raw, pixels)
     assert decoded.array.dtype == dtype and decoded.array.shape == (224, 224, 3)
     assert np.array_equal(decoded.array, array)
     assert (decoded.id, decoded.top_k, decoded.model) == ("a", 3, "m")
@@ -68,7 +69,7 @@ def test_concurrent_claims_take_every_job_exactly_once(queue):
             batch = queue.claim(worker, 7)
             if not batch:
                 return
-            claimed[worker] += [protocol.Job.decode(raw).id for raw in batch]
+            claimed[worker] += [protocol.peek_id(raw) for raw in batch]
 
     threads = [threading.Thread(target=claim, args=(f"w{n}",)) for n in range(6)]
     [t.start() for t in threads]
@@ -87,7 +88,7 @@ def test_claim_blocks_when_idle_and_wakes_on_the_first_job(queue):
     started = time.monotonic()
     batch = queue.claim("w1", 32, block_s=5.0)
     waited = time.monotonic() - started
-    assert [protocol.Job.decode(raw).id for raw in batch] == ["late"]
+    assert [protocol.peek_id(raw) for raw in batch] == ["late"]
     assert 0.2 < waited < 4.0                         # it blocked, and woke long before its timeout
 
 
@@ -128,9 +129,9 @@ def test_dead_workers_jobs_are_requeued_with_attempts_counted(queue, redis_clien
     assert queue.requeue_dead(ttl_s=1.0, max_attempts=3, result_ttl_s=30) == (0, 0, 0)  # still alive
     time.sleep(1.2)                                          # no heartbeat: dead, and "old" expired
     assert queue.requeue_dead(ttl_s=1.0, max_attempts=3, result_ttl_s=30) == (3, 0, 1)
-    claims = [queue.claim("heir", 10) for _ in range(3)]
+    claims = [queue.claim_jobs("heir", 10) for _ in range(3)]
     assert [len(claim) for claim in claims] == [1, 1, 1]             # each recovered job is claimed alone
-    requeued = [protocol.Job.decode(claim[0]) for claim in claims]
+    requeued = [protocol.Job.decode(*claim[0]) for claim in claims]
     assert [job.id for job in requeued] == ["j0", "j1", "j2"]        # back in their order
     assert all(job.attempts == 1 for job in requeued)
     assert np.array_equal(requeued[0].array, make_job("j0").array)
@@ -155,7 +156,7 @@ def test_release_returns_held_jobs_to_the_queue_head_in_order(queue):
         queue.enqueue(make_job(f"j{i}"), limit=10)
     queue.claim("stopping", 3)
     assert queue.release("stopping") == 3
-    assert [protocol.Job.decode(raw).id for raw in queue.claim("next", 10)] == ["j0", "j1", "j2", "j3"]
+    assert [protocol.peek_id(raw) for raw in queue.claim("next", 10)] == ["j0", "j1", "j2", "j3"]
 
 
 def test_heartbeats_make_workers_live_and_carry_their_info(queue):
@@ -169,7 +170,7 @@ def test_heartbeats_make_workers_live_and_carry_their_info(queue):
 def test_every_key_of_a_model_shares_one_cluster_hash_tag():
     keys = protocol.Keys("gw", "resnet50")
     names = [keys.queue, keys.workers, keys.dead_letter, keys.stats, keys.processing("w"),
-             keys.result("id"), keys.cache("d"), keys.worker_info("w")]
+             keys.result("id"), keys.cache("d"), keys.worker_info("w"), keys.pixels("id")]
     assert all("{resnet50}" in name for name in names)
 
 
@@ -178,7 +179,32 @@ def test_recovered_jobs_come_first_and_alone_then_interactive_then_bulk(queue, r
     queue.enqueue(make_job("bulk-1"), limit=10, bulk=True)
     queue.enqueue(make_job("interactive"), limit=10)
     redis_client.rpush(queue.keys.retry, make_job("recovered").encode())
-    assert [protocol.Job.decode(raw).id for raw in queue.claim("w", 8)] == ["recovered"]
-    assert [protocol.Job.decode(raw).id for raw in queue.claim("w", 2)] == ["interactive", "bulk-0"]
-    assert [protocol.Job.decode(raw).id for raw in queue.claim("w", 8)] == ["bulk-1"]
+    assert [protocol.peek_id(raw) for raw in queue.claim("w", 8)] == ["recovered"]
+    assert [protocol.peek_id(raw) for raw in queue.claim("w", 2)] == ["interactive", "bulk-0"]
+    assert [protocol.peek_id(raw) for raw in queue.claim("w", 8)] == ["bulk-1"]
     assert queue.depth() == 0 and redis_client.llen(queue.keys.processing("w")) == 4
+
+
+def test_pixels_wait_apart_and_go_with_the_answer(queue, redis_client):
+    """The queue holds headers; the pixels key lives until the job is answered (or withdrawn, or refused)."""
+    kept, refused = make_job("kept"), make_job("refused")
+    assert queue.enqueue(kept, limit=1) and not queue.enqueue(refused, limit=1)
+    assert redis_client.exists(queue.keys.pixels("kept")) and not redis_client.exists(queue.keys.pixels("refused"))
+    assert 0 < redis_client.pttl(queue.keys.pixels("kept")) <= (kept.deadline - time.time() + 61) * 1000
+    [(raw, pixels)] = queue.claim_jobs("w", 4)
+    assert raw == kept.message() and pixels == kept.pixels().tobytes()
+    queue.publish([protocol.Result.ok("kept", predictions=[])], 30, ack=("w", 1), forget=["kept"])
+    assert not redis_client.exists(queue.keys.pixels("kept"))
+    withdrawn = make_job("withdrawn")
+    queue.enqueue(withdrawn, limit=5)
+    assert queue.withdraw([withdrawn]) == 1 and not redis_client.exists(queue.keys.pixels("withdrawn"))
+
+
+def test_a_job_whose_pixels_are_gone_does_not_decode(queue, redis_client):
+    queue.enqueue(make_job("lost"), limit=5)
+    redis_client.delete(queue.keys.pixels("lost"))
+    [(raw, pixels)] = queue.claim_jobs("w", 4)
+    assert pixels is None
+    with pytest.raises(ValueError, match="pixels are missing"):
+        protocol.Job.decode(raw, pixels)
+    assert protocol.Job.decode(make_job("inline").encode()).id == "inline"     # header and pixels in one message

@@ -146,9 +146,10 @@ def test_a_dead_workers_jobs_are_requeued_or_dead_lettered_on_a_cluster(cluster)
     assert len(queue.claim("doomed-too", 2)) == 1
     time.sleep(0.3)
     assert queue.requeue_dead(0.2, 3, 60) == (1, 0, 0)     # back to the retry list
-    assert protocol.Job.decode(queue.claim("heir", 2)[0]).attempts == 1
+    assert protocol.Job.decode(*queue.claim_jobs("heir", 2)[0]).attempts == 1
     client.delete(*[key for key in (queue.keys.queue, queue.keys.retry, queue.keys.dead_letter,
-                                    queue.keys.processing("heir"), queue.keys.workers)])
+                                    queue.keys.processing("heir"), queue.keys.workers,
+                                    *(queue.keys.pixels(job.id) for job in jobs))])
     client.close()
 
 

@@ -30,7 +30,7 @@ PASSWORD = "s3cret-gateway-pw"
 # Only what protocol.py runs (directly or inside its Lua scripts), only on the gateway's keys.
 GATEWAY_ACL = ("gateway on >" + PASSWORD + " resetkeys ~gw:* resetchannels -@all "
                "+ping +evalsha +script|load +get +set +llen +lrange +ltrim +rpush +lpush +blpop "
-               "+blmove +expire +del +time +zadd +zrangebyscore +zrem +hset +hgetall +hincrby "
+               "+blmove +lmove +mget +expire +del +time +zadd +zrangebyscore +zrem +hset +hgetall +hincrby "
                "+zscore +lrem +hdel +hvals +hget +lpop +smembers +sadd +srem +exists +ttl +multi +exec +info")
 ADMIN_PASSWORD = "s3cret-admin-pw"       # the test's own eyes: reads the ACL log
 EXPECTED_CAT = {"Egyptian_cat", "tabby", "tiger_cat"}

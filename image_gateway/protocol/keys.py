@@ -30,6 +30,11 @@ class Keys:
     def worker_info(self, worker_id: str) -> str:
         return f"{self.base}:worker:{worker_id}"
 
+    def pixels(self, job_id: str) -> str:
+        """String: a queued job's pixels (its message in the queue is the header alone); gone once it is
+        answered, or after its deadline."""
+        return f"{self.base}:pixels:{job_id}"
+
     def result(self, job_id: str) -> str:
         return f"{self.base}:result:{job_id}"
 

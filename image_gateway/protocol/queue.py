@@ -27,6 +27,7 @@ RETRY_PAUSE_S = 0.2            # between those tries
 WAIT_SLICE_S = 0.5             # longest single BLPOP on a cluster (why: see `wait_result`)
 PUBLISH_PATIENCE_S = 15.0      # how long a worker keeps trying to hand results over through a failover
 REPLICA_WAIT_MS = 100          # ENQUEUE_REPLICAS: most ms an enqueue waits for the replicas' ack
+PIXELS_GRACE_S = 60.0         # a job's pixels outlive its deadline by this much (a worker past it drops the job)
 CACHE_MAX_BYTES = 64 * 2**20   # CACHE_MAX_MB's default: bytes of cached results per model version
 # Bytes Redis spends on a cache entry besides its value and key name: the key's dict entry, object and
 # TTL, its digest in the index zset (skiplist node and dict entry) and in the sizes hash. MEMORY USAGE
@@ -87,24 +88,51 @@ class JobQueue:
     def enqueue(self, job: Job, limit: int, bulk: bool = False, replicas: int = 0) -> bool:
         """Append the job unless `limit` jobs are already waiting; False means the queue is full.
 
-        `bulk` jobs (of tasks) wait in their own list, claimed only after the interactive queue.
+        The pixels are stored under their own key and the queue holds the header (Job.message), in one
+        round trip. `bulk` jobs (of tasks) wait in their own list, claimed only after the interactive queue.
         `replicas` > 0 (ENQUEUE_REPLICAS): WAIT until that many replicas of the queue's master hold the
         job too (at most REPLICA_WAIT_MS), so a failover right after cannot lose it.
         """
         queue = self.keys.bulk if bulk else self.keys.queue
         if replicas <= 0:
-            return bool(self._enqueue(keys=[queue], args=[job.encode(), limit]))
+            return self._push(self.client, queue, job, limit)
         if not self.clustered:
-            return self._enqueue_replicated(self.client, queue, job.encode(), limit, replicas)
+            return self._push(self.client, queue, job, limit, replicas)
         moved = (*FAILOVER_ERRORS, redis.exceptions.MovedError, RedisClusterException)
         try:
-            return self._enqueue_replicated(self._master_of(queue), queue, job.encode(), limit, replicas)
+            return self._push(self._master_of(queue), queue, job, limit, replicas)
         except moved:
             self._reread_slots()          # the slot moved (failover): once more, on its new master
         try:
-            return self._enqueue_replicated(self._master_of(queue), queue, job.encode(), limit, replicas)
+            return self._push(self._master_of(queue), queue, job, limit, replicas)
         except moved as exc:
             raise redis.ConnectionError(f"enqueue on {queue}: {exc}") from exc
+
+    def _push(self, client, queue: str, job: Job, limit: int, replicas: int = 0) -> bool:
+        """SET the pixels (until the job's deadline, and a minute more), the ENQUEUE script on the header and,
+        for `replicas`, WAIT: one pipeline on one connection (WAIT counts the replicas that acknowledged this
+        connection's writes). A refused job's pixels are deleted at once."""
+        pixels_key = self.keys.pixels(job.id)
+        ttl_ms = int(max(1.0, job.deadline - time.time() + PIXELS_GRACE_S) * 1000)
+
+        def run() -> list:
+            pipe = client.pipeline(transaction=False)
+            pipe.set(pixels_key, job.pixels(), px=ttl_ms)
+            pipe.evalsha(self._enqueue.sha, 2, queue, pixels_key, job.message(), limit)
+            if replicas > 0:
+                pipe.wait(replicas, REPLICA_WAIT_MS)
+            return pipe.execute()
+        try:
+            replies = run()
+        except redis.exceptions.NoScriptError:   # first use, or Redis restarted: load it, then once more
+            client.script_load(scripts.ENQUEUE)
+            replies = run()
+        if replies[1] != 1:               # full (0); -1 cannot come back: the failed SET raised first
+            client.delete(pixels_key)
+            return False
+        if replicas > 0 and replies[2] < replicas:
+            self.count("unreplicated")    # on the master only: counted, not refused (see deploy/README.md)
+        return True
 
     def withdraw(self, jobs: list[Job], bulk: bool = False) -> int:
         """Take queued jobs back (a request with several images failed part-way: nobody waits for them).
@@ -112,23 +140,16 @@ class JobQueue:
         queue = self.keys.bulk if bulk else self.keys.queue
         pipe = self.client.pipeline(transaction=False)
         for job in jobs:
-            pipe.lrem(queue, 1, job.encode())
-        return sum(pipe.execute())
+            pipe.lrem(queue, 1, job.message())
+        removed = pipe.execute()
+        taken = [job for job, count in zip(jobs, removed, strict=True) if count]
+        if taken:
+            self.client.delete(*(self.keys.pixels(job.id) for job in taken))
+        return len(taken)
 
     def _master_of(self, key: str) -> redis.Redis:
         """The plain client of the cluster master serving `key`'s slot, as this client knows it."""
         return self.client.get_redis_connection(self.client.get_node_from_key(key))
-
-    def _enqueue_replicated(self, shard: redis.Redis, queue: str, message: bytes, limit: int, replicas: int) -> bool:
-        """The enqueue script and WAIT in one pipeline on one connection to the queue's master: WAIT
-        counts the replicas that acknowledged this connection's writes, so both must share it."""
-        pipe = shard.pipeline(transaction=False)
-        self._enqueue(keys=[queue], args=[message, limit], client=pipe)
-        pipe.wait(replicas, REPLICA_WAIT_MS)
-        accepted, acknowledged = pipe.execute()
-        if accepted and acknowledged < replicas:
-            self.count("unreplicated")    # on the master only: counted, not refused (see deploy/README.md)
-        return bool(accepted)
 
     def _reread_slots(self) -> None:
         try:
@@ -192,11 +213,20 @@ class JobQueue:
         first = self.client.blmove(self.keys.queue, processing, block_s, "LEFT", "RIGHT")
         return [first] if first is not None else []   # at once: whatever follows is claimed next
 
+    def claim_jobs(self, worker_id: str, count: int, block_s: float = 0.0) -> list[tuple[bytes, bytes | None]]:
+        """`claim`, then each message's pixels (None when gone: past the deadline, or a message that carries
+        them itself) in one more round trip: [(message, pixels)]."""
+        raws = self.claim(worker_id, count, block_s)
+        if not raws:
+            return []
+        pixels = self.client.mget([self.keys.pixels(peek_id(raw) or "") for raw in raws])
+        return list(zip(raws, pixels, strict=True))
+
     def publish(self, results: list[Result], ttl_s: int, cache: dict[str, tuple[Result, int]] | None = None,
-                ack: tuple[str, int] | None = None) -> None:
+                ack: tuple[str, int] | None = None, forget: list[str] = ()) -> None:
         """Store cacheable results (`cache`: digest -> (result, TTL)) within the cache's cap, hand each
         result to its waiting handler (LPUSH with TTL) and, with `ack=(worker_id, count)`, forget the
-        worker's oldest `count` claimed messages: one round trip.
+        worker's oldest `count` claimed messages, and delete the pixels of the jobs in `forget`: one round trip.
 
         The cache comes first, so a client that sends the same bytes again at once finds it; the trim
         comes after the results, so a crash between them can only make a job run twice (at least once),
@@ -216,6 +246,8 @@ class JobQueue:
                 pipe.expire(key, ttl_s)
             if ack:
                 pipe.ltrim(self.keys.processing(ack[0]), ack[1], -1)
+            for job_id in forget:         # one key a DEL: a cluster pipeline takes no multi-key DEL
+                pipe.delete(self.keys.pixels(job_id))
         try:
             self._pipeline(fill, PUBLISH_PATIENCE_S)
         except redis.exceptions.NoScriptError:  # Redis restarted: the answers and the ack went through
@@ -269,6 +301,7 @@ class JobQueue:
             if result.id:
                 pipe.lpush(self.keys.result(result.id), result.encode())
                 pipe.expire(self.keys.result(result.id), ttl_s)
+                pipe.delete(self.keys.pixels(result.id))
             pipe.lrem(self.keys.processing(worker_id), 1, raw)
         self._pipeline(fill)
 
@@ -277,7 +310,8 @@ class JobQueue:
         failed = 0
         while batch := self.claim("retired", 64):
             ids = [job_id for job_id in map(peek_id, batch) if job_id]
-            self.publish([Result.failed(job_id, code, message) for job_id in ids], ttl_s, ack=("retired", len(batch)))
+            self.publish([Result.failed(job_id, code, message) for job_id in ids], ttl_s, ack=("retired", len(batch)),
+                         forget=ids)
             failed += len(ids)
         return failed
 

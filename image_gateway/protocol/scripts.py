@@ -5,36 +5,38 @@
 # from ARGV's result-key prefix, which carries the model's hash tag, so they share the slot.
 
 # Refuse when full, else append: the limit check and the push are one step, so the queue never
-# exceeds its limit however many web servers push at once.
-#   KEYS[1] queue          ARGV[1] the encoded job      ARGV[2] queue limit
+# exceeds its limit however many web servers push at once. The job's pixels were SET just before, in the
+# same pipeline; a job whose pixels are not there (that SET failed: Redis out of memory) is not queued.
+#   KEYS[1] queue          KEYS[2] pixels:<job id>      ARGV[1] the job's header (Job.message)
+#   ARGV[2] queue limit    Returns 1 (queued), 0 (full) or -1 (no pixels)
 ENQUEUE = """
+if redis.call('EXISTS', KEYS[2]) == 0 then return -1 end
 if redis.call('LLEN', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
 redis.call('RPUSH', KEYS[1], ARGV[1])
 return 1
 """
 
-# Move messages to the worker's processing list in one step (LRANGE + LTRIM + RPUSH), so two workers
-# can never claim the same message. A job recovered from a dead worker (the retry list) is claimed
-# alone: if it is what kills workers, no batch-mate is blamed. Otherwise up to ARGV[1] jobs, the
-# interactive queue first, then task (bulk) jobs to fill the batch.
+# Move messages to the worker's processing list in one step, so two workers can never claim the same
+# message. LMOVE moves each message itself: Redis allocates no second copy of its pixels, and the
+# append-only file and replicas receive a short LMOVE instead of the message again. A job recovered from
+# a dead worker (the retry list) is claimed alone: if it is what kills workers, no batch-mate is blamed.
+# Otherwise up to ARGV[1] jobs, the interactive queue first, then task (bulk) jobs to fill the batch.
 #   KEYS[1] queue          KEYS[2] processing:<worker>  KEYS[3] retry    KEYS[4] bulk
 #   ARGV[1] most messages to move
 CLAIM = """
-local function move(source, count)
-  local items = redis.call('LRANGE', source, 0, count - 1)
-  if #items > 0 then
-    redis.call('LTRIM', source, #items, -1)
-    redis.call('RPUSH', KEYS[2], unpack(items))
+local function move(source, count, items)
+  for _ = 1, count do
+    local item = redis.call('LMOVE', source, KEYS[2], 'LEFT', 'RIGHT')
+    if not item then break end
+    items[#items + 1] = item
   end
   return items
 end
-local retried = move(KEYS[3], 1)
+local retried = move(KEYS[3], 1, {})
 if #retried > 0 then return retried end
-local items = move(KEYS[1], tonumber(ARGV[1]))
-if #items < tonumber(ARGV[1]) then
-  for _, item in ipairs(move(KEYS[4], tonumber(ARGV[1]) - #items)) do table.insert(items, item) end
-end
-return items
+local wanted = tonumber(ARGV[1])
+local items = move(KEYS[1], wanted, {})
+return move(KEYS[4], wanted - #items, items)
 """
 
 # Record a heartbeat at Redis' own clock (no skew between machines) and keep the info hash alive.

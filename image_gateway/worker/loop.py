@@ -139,8 +139,8 @@ class Worker:
         def claim_once():
             room = self.claimed.room(timeout_s=0.5)
             if room:
-                raws = self.queue.claim(self.worker_id, room, 0.5)
-                self.claimed.add([job for job in map(self._decode, raws) if job is not None])
+                claimed = self.queue.claim_jobs(self.worker_id, room, 0.5)
+                self.claimed.add([job for job in (self._decode(*pair) for pair in claimed) if job is not None])
         self._retrying(claim_once)
 
     def _predict_once(self) -> None:
@@ -165,7 +165,8 @@ class Worker:
         answered = self._predict(jobs) if jobs else []
         cache = {job.cache_key: (result, self.config.cache_ttl) for job, result in zip(jobs, answered, strict=True)
                  if job.cache_key and result.success and self.config.cache_ttl > 0}
-        self.queue.publish(answered, self.config.result_ttl, cache, ack=(self.worker_id, len(batch)))
+        self.queue.publish(answered, self.config.result_ttl, cache, ack=(self.worker_id, len(batch)),
+                           forget=[job.id for job in batch])
         self.batches += 1
         self.jobs += len(jobs)
         self.batch_sizes.append(len(jobs))
@@ -178,10 +179,10 @@ class Worker:
             "total_ms": round((time.perf_counter() - started) * 1000, 1),
             "trace_ids": [job.trace_id for job in jobs]})
 
-    def _decode(self, raw: bytes) -> protocol.Job | None:
-        """The Job of a message; one that does not decode is answered with an error and dropped."""
+    def _decode(self, raw: bytes, pixels: bytes | None = None) -> protocol.Job | None:
+        """The Job of a message and its pixels; one that does not decode is answered with an error and dropped."""
         try:
-            return protocol.Job.decode(raw)
+            return protocol.Job.decode(raw, pixels)
         except (ValueError, KeyError, TypeError) as exc:
             job_id = protocol.peek_id(raw)
             log.error("undecodable message %s: %s", job_id, exc)
@@ -201,10 +202,11 @@ class Worker:
     def _predict(self, jobs: list[protocol.Job]) -> list[protocol.Result]:
         """One batched call of the model; on any failure every job gets an explicit error, never silence."""
         try:
-            started = time.perf_counter()
+            started, cpu_started = time.perf_counter(), time.thread_time()
             outputs = answer_fields(self.classifier, jobs)
             self.last_inference_s = time.perf_counter() - started
             metrics.INFERENCE.labels(self.queue.model, self.version).observe(self.last_inference_s)
+            metrics.MODEL_CPU.labels(self.queue.model, self.version).inc(time.thread_time() - cpu_started)
         except Exception:
             log.exception("inference failed for a batch of %d", len(jobs))
             return [protocol.Result.failed(job.id, INFERENCE_FAILED.code, "the model failed on this batch")
