@@ -54,6 +54,7 @@ def build_result(raw: dict, levels: dict, *, raw_batch1_ms: float | None = None,
         "p50_over_raw_batch1_ms": _round(p50_c1 - raw_batch1_ms) if p50_c1 is not None and raw_batch1_ms else None,
         "p50_c1_over_model_and_decode_ms": (_round(p50_c1 - raw_batch1_ms - decode_ms)
                                             if None not in (p50_c1, raw_batch1_ms, decode_ms) else None),
+        "server_cpu_ms_per_image": levels.get(16, levels.get(best_level, {})).get("server_cpu_ms_per_image"),
         "per_concurrency": {str(c): level for c, level in levels.items()},
         "p99_ms": {str(c): level.get("p99_ms") for c, level in levels.items()},
         "errors": sum(level.get("errors", 0) for level in levels.values()),

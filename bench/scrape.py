@@ -7,7 +7,9 @@ from image_gateway import processes
 
 METRIC_LINE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)$")
 WATCHED_METRICS = ("gateway_batch_size_sum", "gateway_batch_size_count", "gateway_inference_seconds_sum",
-                   "gateway_cache_hits_total", "gateway_timeouts_total", "gateway_jobs_expired_total")
+                   "gateway_cache_hits_total", "gateway_timeouts_total", "gateway_jobs_expired_total",
+                   "gateway_decode_cpu_seconds_total", "gateway_model_cpu_seconds_total")
+STEP_CPU = ("gateway_decode_cpu_seconds_total", "gateway_model_cpu_seconds_total")   # the two steps every image pays
 
 
 def scrape(url: str) -> dict[str, float]:

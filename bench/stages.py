@@ -7,7 +7,6 @@ See bench/README.md, "Where the CPU goes".
 from __future__ import annotations
 
 import http.client
-import io
 import time
 from collections.abc import Callable, Sequence
 from urllib.parse import urlsplit
@@ -50,17 +49,11 @@ def stage_costs(jpegs: list[bytes], spec: models.ModelSpec, config: settings_mod
 
 
 def _multipart_cost(jpegs: list[bytes]) -> float:
-    """Werkzeug parsing each multipart upload and reading its `image` field."""
-    from werkzeug.test import EnvironBuilder
-    from werkzeug.wrappers import Request
+    """The gateway's parser (web/multipart.py) on each multipart upload, to its `image` field's bytes."""
+    from image_gateway.web import multipart
 
-    def environ(jpeg: bytes) -> dict:
-        body = loadgen.multipart_body(jpeg)
-        return EnvironBuilder(path="/predict", method="POST", input_stream=io.BytesIO(body),
-                              content_type=loadgen.CONTENT_TYPE, content_length=len(body)).get_environ()
-
-    environ_iter = iter([environ(jpeg) for jpeg in jpegs[:1] + jpegs])   # one each, plus the warm-up's
-    return per_image_cpu_ms(lambda _: Request(next(environ_iter)).files["image"].read(), jpegs)
+    bodies = [loadgen.multipart_body(jpeg) for jpeg in jpegs]
+    return per_image_cpu_ms(lambda body: multipart.parse(body, loadgen.CONTENT_TYPE).files["image"], bodies)
 
 
 def _message_costs(arrays: list[np.ndarray], spec: models.ModelSpec, batch_size: int, dtype: str,

@@ -8,7 +8,7 @@ import time
 import numpy as np
 
 from bench import loadgen, log
-from bench.scrape import level_diagnostics, scrape
+from bench.scrape import STEP_CPU, level_diagnostics, scrape
 from bench.system import cpu_delta, machine_busy_s, own_cpu_s, tree_cpu
 
 
@@ -55,6 +55,7 @@ def run_level(generator: loadgen.LoadGenerator, concurrency: int, args: argparse
     summary = result.summary()
     summary.update(level_diagnostics(marks["metrics"], marks["metrics_end"], result.window_s))
     summary.update(_level_cpu(marks["start"], marks["end"], max(summary["ok"], 1), result.window_s, root_pid))
+    summary.update(_server_cpu(summary, marks["metrics"], marks["metrics_end"]))
     summary["reused_bodies"] = pool.marked - marked_before
     log(f"c={concurrency:<3} {summary['images_per_s']:7.1f} images/s  p50 {summary['p50_ms']} ms"
         f"  p99 {summary['p99_ms']} ms  errors {summary['errors']}  mean batch {summary['mean_batch_size']}"
@@ -80,6 +81,18 @@ def _level_cpu(start: tuple, end: tuple, images: int, window_s: float, root_pid:
     if root_pid:   # CPU of everything that is neither the gateway nor this client: colleagues, noise
         cpu["other_processes_cores"] = round(machine_cores - client_cores - cpu["gateway_cpu_cores"], 2)
     return cpu
+
+
+def _server_cpu(summary: dict, before: dict, after: dict) -> dict:
+    """server_cpu_ms_per_image: the gateway's CPU per image less what its own counters say decoding and the
+    model cost (bench/serving.py splits it by process). The load generator runs in this process: none of
+    its CPU (client_cpu_ms_per_image) is in the gateway's."""
+    steps_s = sum(after.get(name, 0.0) - before.get(name, 0.0) for name in STEP_CPU)
+    if summary.get("gateway_cpu_ms_per_image") is None or steps_s <= 0:
+        return {}
+    steps_ms = 1000 * steps_s / max(summary["ok"], 1)
+    return {"decode_and_model_cpu_ms_per_image": round(steps_ms, 2),
+            "server_cpu_ms_per_image": round(summary["gateway_cpu_ms_per_image"] - steps_ms, 2)}
 
 
 def cpu_summary(stages: dict, http: dict, raw_rows: dict, levels: dict) -> dict:
