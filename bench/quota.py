@@ -92,21 +92,6 @@ def heavy_summary(shots, seconds: float, start: float) -> dict:
             "all_429_have_retry_after": all(retry and int(retry) >= 1 for *_, retry in limited)}
 
 
-class KeyedCluster(Cluster):
-    """The cluster layout, its readiness probe of /status sent with a client's key (CLIENTS guards it)."""
-
-    def __init__(self, key: str, **kwargs):
-        super().__init__(**kwargs)
-        self.key = key
-
-    def live_workers(self) -> int:
-        try:
-            status = requests.get(self.url + "/status", headers={"X-API-Key": self.key}, timeout=3).json()
-        except (requests.RequestException, ValueError):
-            return -1
-        return len(status.get("workers", [])) if isinstance(status, dict) else -1
-
-
 def run(args: argparse.Namespace) -> dict:
     keys = {"heavy": secrets.token_urlsafe(24), "light": secrets.token_urlsafe(24)}
     run_dir = tempfile.mkdtemp(prefix="gateway-quota-")
@@ -117,7 +102,7 @@ def run(args: argparse.Namespace) -> dict:
          "burst": int(args.rate)},
         {"name": "light", "keys_sha256": [key_hash(keys["light"])], "routes": route}]}))
     log(f"starting the cluster: {args.web} web, 1 worker, nginx (logs in {run_dir})")
-    with KeyedCluster(keys["light"], web=args.web, workers=1, env={"CACHE_TTL": "0", "CLIENTS": clients},
+    with Cluster(web=args.web, workers=1, env={"CACHE_TTL": "0", "CLIENTS": clients},
                       run_dir=run_dir) as cluster:
         url = cluster.url
         light_alone = paced(url, keys["light"], args.light_rate, args.seconds, 4)

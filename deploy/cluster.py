@@ -11,6 +11,7 @@ process of the gateway (HEARTBEAT_TTL=2 python -m deploy.cluster ...). Tests use
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import subprocess
@@ -255,8 +256,14 @@ class Cluster:
         return self.live_workers() >= sum(child.alive for child in self.workers)
 
     def live_workers(self) -> int:
-        status = processes.get_json(self.url + "/status", PROBE_TIMEOUT_S)
-        return len(status.get("workers", [])) if isinstance(status, dict) else -1
+        """The default model's live workers, from /readyz: public, so the probe needs no key with API_KEY or
+        CLIENTS set (its 503 body still counts them); -1 when it does not answer with a count."""
+        try:
+            body = json.loads(processes.http_get(self.url + "/readyz", PROBE_TIMEOUT_S)[1])
+        except ValueError:
+            return -1
+        live = body.get("live_workers") if isinstance(body, dict) else None
+        return live if isinstance(live, int) else -1
 
     def why_not_ready(self) -> str:
         status, body = processes.http_get(self.url + "/readyz", PROBE_TIMEOUT_S)

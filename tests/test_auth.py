@@ -51,3 +51,20 @@ def test_load_failures_show_no_folders():
     assert public_reason('config.json: field "layout" must be NHWC or NCHW') == \
         'config.json: field "layout" must be NHWC or NCHW'
     assert len(public_reason("x" * 5000)) == MAX_REASON
+
+
+def test_the_cluster_launchers_readiness_probe_needs_no_key(redis_url, gateway_factory, classifier):
+    """deploy/cluster.py counts live workers from the public /readyz, so a cluster with API_KEY (or CLIENTS)
+    becomes ready; it read the keyed /status before and never did."""
+    import shutil
+
+    from conftest import wait_for
+    from deploy.cluster import Cluster
+
+    web, _ = gateway_factory(make_config(redis_url, api_key="k3y"), classifier)
+    probe = Cluster(web=1, workers=0, port=int(web.url.rsplit(":", 1)[1]))
+    try:
+        assert requests.get(web.url + "/status", timeout=10).status_code == 401
+        assert wait_for(probe.live_workers, 30, message="a live worker through /readyz") == 1
+    finally:
+        shutil.rmtree(probe.run_dir, ignore_errors=True)
