@@ -84,10 +84,12 @@ def test_claim_blocks_when_idle_and_wakes_on_the_first_job(queue):
         time.sleep(0.3)
         queue.enqueue(make_job("late"), limit=10)
 
-    threading.Thread(target=push_later).start()
+    pusher = threading.Thread(target=push_later)
+    pusher.start()
     started = time.monotonic()
     batch = queue.claim("w1", 32, block_s=5.0)
     waited = time.monotonic() - started
+    pusher.join()                                     # its pipeline's reply is read before the fixture closes Redis
     assert [protocol.peek_id(raw) for raw in batch] == ["late"]
     assert 0.2 < waited < 4.0                         # it blocked, and woke long before its timeout
 
