@@ -102,8 +102,7 @@ def run(args: argparse.Namespace) -> dict:
          "burst": int(args.rate)},
         {"name": "light", "keys_sha256": [key_hash(keys["light"])], "routes": route}]}))
     log(f"starting the cluster: {args.web} web, 1 worker, nginx (logs in {run_dir})")
-    with Cluster(web=args.web, workers=1, env={"CACHE_TTL": "0", "CLIENTS": clients},
-                      run_dir=run_dir) as cluster:
+    with Cluster(web=args.web, workers=1, env={"CACHE_TTL": "0", "CLIENTS": clients}, run_dir=run_dir) as cluster:
         url = cluster.url
         light_alone = paced(url, keys["light"], args.light_rate, args.seconds, 4)
         log(f"light alone: p50 {p50_ms(light_alone)} ms")
