@@ -1,11 +1,13 @@
-"""The one-command default, `python run_server.py`: its own redis-server, worker threads, a web server.
+"""The one-command default, `python run_server.py`: its own redis-server, a worker process, a web server.
 
 With REDIS_URL (or REDIS_URL_FILE) set it uses that Redis instead; `--no-worker` serves the web tier
-alone. Its own Redis keeps its data in DATA_DIR (append-only file, fsync every second), so queued work,
-tasks and results survive a restart, and is private: a random password, and a user without the
-@dangerous commands (CONFIG, FLUSHALL, SHUTDOWN ...); the password reaches only this process. The web
-server is front.server.Front: an asyncio front that reads each request whole before a thread runs the
-app, so slow and idle clients never hold a thread (CLIENT_TIMEOUT, CLIENT_MIN_RATE).
+alone. The models run in a child process (worker/child.py: two GILs instead of one), which this one
+starts, waits for, restarts if it dies, and stops. Its own Redis keeps its data in DATA_DIR
+(append-only file, fsync every second), so queued work, tasks and results survive a restart, and is
+private: a random password, and a user without the @dangerous commands (CONFIG, FLUSHALL, SHUTDOWN
+...); the password reaches only this process and its worker child (through a pipe). The web server is
+front.server.Front: an asyncio front that reads each request whole before a thread runs the app, so
+slow and idle clients never hold a thread (CLIENT_TIMEOUT, CLIENT_MIN_RATE).
 """
 from __future__ import annotations
 
@@ -18,11 +20,12 @@ import threading
 
 from flask import Flask
 
-from image_gateway import redis_url, startup
+from image_gateway import metrics, redis_url, startup
 from image_gateway import settings as settings_module
 from image_gateway.front.server import Front
 from image_gateway.settings import Settings
 from image_gateway.web.app import create_app
+from image_gateway.worker.child import WorkerChild
 
 log = logging.getLogger("gateway.web")
 
@@ -32,21 +35,20 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Image-recognition gateway (embedded default)")
     parser.add_argument("--host", default=config.host, help="bind address (HOST)")
     parser.add_argument("--port", type=int, default=config.port, help="port (PORT)")
-    parser.add_argument("--no-worker", action="store_true", help="web tier only: no model in this process")
+    parser.add_argument("--no-worker", action="store_true", help="web tier only: no worker process")
     args = parser.parse_args(argv)
     config = redis_url.resolve(dataclasses.replace(config, host=args.host, port=args.port))
-    startup.prepare(config, web=True, worker=not args.no_worker)
+    startup.prepare(config, web=True, worker=False)
     embedded_redis = None
     if not config.redis_url:
         embedded_redis, config = start_redis(config)
     check_memory_policy(config)
-    workers = None
-    if not args.no_worker:
-        from image_gateway.worker.host import start_workers
-        workers = start_workers(config)
-    app = None
+    workers = app = None
     try:
+        workers = None if args.no_worker else WorkerChild(config).start()
         app = create_app(config)
+        if workers:
+            metrics.include_worker_child(workers.metrics_url)
         app.extensions["feeder"].start()
         serve(app, config)
     finally:

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
 from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.parser import text_string_to_metric_families
 
+from image_gateway import processes
 from image_gateway.protocol import memory
 
 # `client`: a client configured in CLIENTS, `default` (API_KEY) or `anonymous`: bounded by the configuration.
@@ -30,6 +32,8 @@ MODEL_CPU = Counter("gateway_model_cpu_seconds_total", "CPU seconds of predict c
 DECODE_CPU = Counter("gateway_decode_cpu_seconds_total", "CPU seconds decoding and resizing images (web tier)")
 EXPIRED = Counter("gateway_jobs_expired_total", "Jobs dropped by a worker because their deadline passed",
                   MODEL_LABELS)
+
+WORKER_METRICS = (BATCH_SIZE, INFERENCE, MODEL_CPU, EXPIRED)
 
 
 def count_request(status: int, client: str, elapsed_s: float) -> None:
@@ -76,6 +80,32 @@ def redis_memory(client):
         limit.add_metric([node], info["maxmemory"])
     yield used
     yield limit
+
+
+class WorkerChildMetrics:
+    """The worker metrics of the embedded default's child process, read from its loopback port when
+    scraped (nothing while it restarts)."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self.names = {family.name for metric in WORKER_METRICS for family in metric.describe()}
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        status, body = processes.http_get(self.url, timeout_s=2.0)
+        if status == 200:
+            yield from (family for family in text_string_to_metric_families(body.decode())
+                        if family.name in self.names)
+
+
+def include_worker_child(url: str) -> None:
+    """This process runs no worker: its /metrics shows the child's worker metrics instead of its own zeros."""
+    from prometheus_client import REGISTRY
+    for metric in WORKER_METRICS:
+        REGISTRY.unregister(metric)
+    REGISTRY.register(WorkerChildMetrics(url))
 
 
 def render(queue_collector: QueueCollector, multiproc_dir: str | None) -> tuple[bytes, str]:

@@ -20,20 +20,24 @@ PathLike = str | os.PathLike
 
 
 def start(args: Sequence[str], *, log_path: PathLike | None = None, append: bool = False,
-          env: Mapping[str, str] | None = None, cwd: PathLike | None = None,
-          new_session: bool = False, die_with_parent: bool = False) -> subprocess.Popen:
-    """Start `args` with stdout and stderr into `log_path` (truncated, or appended to; discarded when None).
+          env: Mapping[str, str] | None = None, cwd: PathLike | None = None, new_session: bool = False,
+          die_with_parent: bool = False, inherit_output: bool = False,
+          pass_fds: Sequence[int] = ()) -> subprocess.Popen:
+    """Start `args` with stdout and stderr into `log_path` (truncated, or appended to), or this process'
+    own (inherit_output), or discarded.
 
     new_session: a terminal's Ctrl-C reaches only the parent, which then stops the child in order.
     die_with_parent: the child gets SIGTERM if the parent dies without stopping it (Linux only).
+    pass_fds: file descriptors the child inherits (pipes to it).
     """
     preexec = _die_with_parent if die_with_parent and sys.platform == "linux" else None
+    options = dict(env=env, cwd=cwd, start_new_session=new_session, preexec_fn=preexec, pass_fds=tuple(pass_fds))
+    if inherit_output:
+        return subprocess.Popen(args, **options)
     if log_path is None:
-        return subprocess.Popen(args, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                start_new_session=new_session, preexec_fn=preexec)
+        return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **options)
     with open(log_path, "ab" if append else "wb") as log:
-        return subprocess.Popen(args, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=new_session, preexec_fn=preexec)
+        return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, **options)
 
 
 def stop(process: subprocess.Popen | None, timeout_s: float, sig: int = signal.SIGTERM) -> int | None:

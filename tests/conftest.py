@@ -140,6 +140,16 @@ def start_worker_process(config, log_path: Path | None = None, extra_env: dict |
                            cwd=ROOT, die_with_parent=True)
 
 
+def children_of(pid: int) -> list[int]:
+    """The pids of `pid`'s child processes."""
+    found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    return [int(child) for child in found]
+
+
+def cmdline(pid: int) -> str:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+
+
 def wait_for(predicate, timeout_s: float, interval_s: float = 0.05, message: str = "condition"):
     """Poll `predicate` until it is truthy (returned) or fail the test after `timeout_s`."""
     deadline = time.monotonic() + timeout_s

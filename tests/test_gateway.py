@@ -5,6 +5,8 @@ import base64
 import http.client
 import io
 import json
+import os
+import re
 import signal
 import socket
 import subprocess
@@ -12,13 +14,15 @@ import sys
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
 import requests
 from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import DATA, ROOT, config_env, make_config, wait_for
+from conftest import DATA, ROOT, children_of, cmdline, config_env, make_config, wait_for
 from image_gateway import imaging
 from image_gateway.redis_server import free_port
 
@@ -171,6 +175,56 @@ def test_client_script_prints_ranked_labels_and_fails_on_errors(redis_url, class
     base_url_client = [sys.executable, str(ROOT / "simple_request.py"), "--url", web.url]   # /predict implied
     bad = subprocess.run(base_url_client + [str(tmp_path / "notes.txt")], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 1 and "IMAGE_UNREADABLE" in bad.stdout
+
+
+def test_the_embedded_default_runs_its_models_in_a_child_process_it_restarts(tmp_path):
+    """The models run in a child process (two GILs: worker/child.py): it got the Redis URL through a pipe
+    (its environment and command line carry no password), the parent's /metrics carries its worker
+    metrics once each, and when it is killed the parent starts another one, which answers the request
+    accepted while no worker was alive. SIGTERM stops both."""
+    port = free_port()
+    env = {**config_env(make_config(None)), "PORT": str(port), "DATA_DIR": str(tmp_path / "data")}
+    env.pop("REDIS_URL", None)
+    log_path = tmp_path / "gateway.log"
+    with open(log_path, "wb") as log:
+        server = subprocess.Popen([sys.executable, str(ROOT / "run_server.py")], env=env, cwd=ROOT, stdout=log,
+                                  stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+
+    def worker_pids() -> list[int]:
+        return [pid for pid in children_of(server.pid) if "image_gateway.worker.main" in cmdline(pid)]
+
+    def predict(name: str) -> requests.Response:
+        return requests.post(f"{url}/predict", files={"image": (DATA / name).read_bytes()}, timeout=60)
+
+    try:
+        wait_for(lambda: accepts_connections(port) or server.poll() is not None, 120, 0.25, "the gateway")
+        assert server.poll() is None, log_path.read_text()
+        [first] = worker_pids()
+        environment = Path(f"/proc/{first}/environ").read_bytes().decode(errors="replace")
+        for text in (environment, cmdline(first)):
+            assert "redis://" not in text and not re.search(r"[0-9a-f]{48}", text)
+        assert predict("cat.jpg").json()["predictions"][0]["label"] in EXPECTED["cat.jpg"]
+        exposition = requests.get(f"{url}/metrics", timeout=10).text
+        families = [family.name for family in text_string_to_metric_families(exposition)]
+        assert len(families) == len(set(families))
+        batches = re.search(r'^gateway_batch_size_count{model="efficientnet_lite0",version="1"} (\S+)$', exposition,
+                            re.M)
+        assert batches and float(batches.group(1)) >= 1
+
+        os.kill(first, signal.SIGKILL)
+        with ThreadPoolExecutor(1) as pool:           # accepted while no worker lives: answered by the next one
+            waiting = pool.submit(predict, "coffee.jpg")
+            [second] = wait_for(worker_pids, 60, 0.1, "a new worker process")
+            answer = waiting.result()
+        assert second != first
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["predictions"][0]["label"] in EXPECTED["coffee.jpg"]
+    finally:
+        server.send_signal(signal.SIGTERM)
+        code = server.wait(60)
+    assert code == 0
+    assert children_of(server.pid) == [] and "exited with code -9; starting it again" in log_path.read_text()
 
 
 def test_one_command_default_runs_embedded_redis_and_a_worker(tmp_path):

@@ -12,13 +12,12 @@ import re
 import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import redis
 import requests
 
-from conftest import DATA, ROOT, ServerThread, WorkerThread, config_env, make_config, wait_for
+from conftest import DATA, ROOT, ServerThread, WorkerThread, children_of, cmdline, config_env, make_config, wait_for
 from deploy.cluster import REDIS_CONF, gateway_acl
 from image_gateway import embedded, redis_url
 from image_gateway.redis_server import RedisServer, free_port
@@ -30,15 +29,6 @@ ADMINISTRATION = [("CONFIG", "SET", "maxmemory", "1"), ("CONFIG", "GET", "requir
                   ("DEBUG", "SLEEP", "0"), ("SAVE",), ("BGSAVE",), ("SHUTDOWN", "NOSAVE"), ("REPLICAOF", "NO", "ONE"),
                   ("SLAVEOF", "NO", "ONE"), ("MIGRATE", "127.0.0.1", "1", "k", "0", "100"), ("MODULE", "LIST"),
                   ("ACL", "LIST"), ("KEYS", "*"), ("MONITOR",)]
-
-
-def children_of(pid: int) -> list[int]:
-    found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
-    return [int(child) for child in found]
-
-
-def cmdline(pid: int) -> str:
-    return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
 
 
 def raw_command(port: int, line: bytes) -> bytes:

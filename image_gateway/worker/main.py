@@ -5,12 +5,13 @@ Run one process per model replica, on any machine that reaches Redis:
     REDIS_URL=redis://127.0.0.1:6379/0 python classify_worker.py                  # every configured model
     REDIS_URL=redis://127.0.0.1:6379/0 python classify_worker.py --model resnet50  # one model
 
-`python run_server.py` runs the same workers as threads of the web process.
+`python run_server.py` runs the same process as its child (image_gateway/worker/child.py).
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import signal
 import threading
 
@@ -18,6 +19,7 @@ import prometheus_client
 
 from image_gateway import settings as settings_module
 from image_gateway import startup
+from image_gateway.worker.child import READY_FD
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -41,9 +43,18 @@ def main(argv: list[str] | None = None) -> None:
     host = start_workers(config, only=args.model)
     if config.metrics_port:
         prometheus_client.start_http_server(config.metrics_port, addr=config.host)
+    tell_parent_ready()
     while not stopping.wait(0.5) and (any(thread.is_alive() for thread in host.threads) or config.model_repository):
         pass
     host.stop(config.request_timeout)
+
+
+def tell_parent_ready() -> None:
+    """Under the embedded default (worker/child.py): one byte on the pipe the parent waits on."""
+    fd = os.environ.pop(READY_FD, None)
+    if fd:
+        os.write(int(fd), b"1")
+        os.close(int(fd))
 
 
 if __name__ == "__main__":
