@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -222,3 +223,37 @@ def test_a_lone_call_borrows_the_solo_interpreter_and_overlapping_calls_do_not(l
     own = lite._invoke(lite._interpreter(), pixels)
     np.testing.assert_allclose(np.concatenate([answers["first"], answers["second"], answers["third"]]), own,
                                atol=1e-6)
+
+
+def test_the_solo_interpreters_pool_threads_are_counted_as_the_models_cpu(lite, pixels):
+    """A lone call splits the model's work with the solo interpreter's pool thread: helper_cpu_s is that
+    thread's CPU, so the caller's thread time plus it is what the whole process spent on the call (the
+    worker adds it to gateway_model_cpu_seconds_total). A call on a thread's own interpreter has none."""
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("one core: there is no solo interpreter")
+    assert lite._solo_helpers                           # found when the solo interpreter was created
+    batch = np.repeat(pixels, 4, axis=0)                # long enough for the clocks' resolution
+    lite.predict(batch)
+    process, caller = time.process_time(), time.thread_time()
+    lite.predict(batch)
+    process, caller = time.process_time() - process, time.thread_time() - caller
+    assert lite.helper_cpu_s() > 0.2 * caller
+    assert abs(caller + lite.helper_cpu_s() - process) < 0.15 * process
+    lite._invoke(lite._interpreter(), pixels[:1])       # warm this thread's own interpreter
+    busy, release = threading.Event(), threading.Event()
+    invoke = lite._invoke_solo
+
+    def held(batch):
+        busy.set()
+        release.wait(10)
+        return invoke(batch)
+
+    lite._invoke_solo = held                            # a lone call in flight on another thread ...
+    other = threading.Thread(target=lite.predict, args=(pixels[:1],))
+    other.start()
+    assert busy.wait(10)
+    lite.predict(pixels[:1])                            # ... so this one runs on its own interpreter
+    release.set()
+    other.join()
+    del lite._invoke_solo
+    assert lite.helper_cpu_s() == 0.0

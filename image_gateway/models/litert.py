@@ -31,7 +31,7 @@ import threading
 
 import numpy as np
 
-from image_gateway.models import quantize
+from image_gateway.models import native_threads, quantize
 from image_gateway.models.classifier import Classifier, _check_batch
 from image_gateway.models.errors import ModelError
 from image_gateway.models.lite_variants import INT8_VARIANTS
@@ -71,7 +71,9 @@ class LiteRTClassifier:
         self._local = threading.local()
         self._calls, self._calls_lock = 0, threading.Lock()   # predict calls in flight
         cores = len(os.sched_getaffinity(0))
-        self._solo = self._new_interpreter(cores) if threads == 1 and cores > 1 else None
+        with native_threads.started_threads() as helpers:   # the solo interpreter's own pool
+            self._solo = self._new_interpreter(cores) if threads == 1 and cores > 1 else None
+        self._solo_helpers = tuple(helpers)
         interpreter = self._interpreter()[0]
         self._check_signature(interpreter.get_input_details()[0], interpreter.get_output_details()[0])
 
@@ -81,10 +83,25 @@ class LiteRTClassifier:
         with self._calls_lock:
             alone, self._calls = self._calls == 0, self._calls + 1
         try:    # alone: no other call is in flight, so none can be using the solo interpreter
-            return self._invoke(self._solo if alone and self._solo else self._interpreter(), batch)
+            if alone and self._solo:
+                return self._invoke_solo(batch)
+            self._local.helper_cpu_s = 0.0
+            return self._invoke(self._interpreter(), batch)
         finally:
             with self._calls_lock:
                 self._calls -= 1
+
+    def _invoke_solo(self, batch: np.ndarray) -> np.ndarray:
+        """On the solo interpreter, noting the CPU its pool threads spent on the call (helper_cpu_s)."""
+        before = native_threads.cpu_s(self._solo_helpers)
+        try:
+            return self._invoke(self._solo, batch)
+        finally:
+            self._local.helper_cpu_s = max(0.0, native_threads.cpu_s(self._solo_helpers) - before)
+
+    def helper_cpu_s(self) -> float:
+        """CPU seconds the interpreter's own threads spent on this thread's last predict call."""
+        return getattr(self._local, "helper_cpu_s", 0.0)
 
     def _invoke(self, interpreter_and_indices: tuple, batch: np.ndarray) -> np.ndarray:
         interpreter, input_index, output_index = interpreter_and_indices

@@ -206,7 +206,9 @@ class Worker:
             outputs = answer_fields(self.classifier, jobs)
             self.last_inference_s = time.perf_counter() - started
             metrics.INFERENCE.labels(self.queue.model, self.version).observe(self.last_inference_s)
-            metrics.MODEL_CPU.labels(self.queue.model, self.version).inc(time.thread_time() - cpu_started)
+            helpers = getattr(self.classifier, "helper_cpu_s", None)     # a runtime's own threads (LiteRT's pool)
+            cpu_s = time.thread_time() - cpu_started + (helpers() if helpers else 0.0)
+            metrics.MODEL_CPU.labels(self.queue.model, self.version).inc(cpu_s)
         except Exception:
             log.exception("inference failed for a batch of %d", len(jobs))
             return [protocol.Result.failed(job.id, INFERENCE_FAILED.code, "the model failed on this batch")
