@@ -35,12 +35,15 @@ def test_room_blocks_while_full_and_frees_on_take():
     assert claimed.room(timeout_s=2) == 1
 
 
-def test_lower_priority_renices_the_calling_thread_and_what_it_starts_only():
+def test_lower_priority_renices_the_calling_thread_what_it_starts_and_the_runtimes_threads_only():
     base = os.getpriority(os.PRIO_PROCESS, 0)
-    seen = {}
+    seen, pool_started, pool_done = {}, threading.Event(), threading.Event()
+    pool = threading.Thread(target=lambda: (pool_started.set(), pool_done.wait(10)))   # a runtime's own thread
+    pool.start()
+    pool_started.wait(10)
 
     def model_thread():
-        lower_priority(3)
+        lower_priority(3, (pool.native_id, 2**22 + 1))      # the second id names no thread: skipped
         seen["self"] = os.getpriority(os.PRIO_PROCESS, 0)
         child = threading.Thread(target=lambda: seen.setdefault("child", os.getpriority(os.PRIO_PROCESS, 0)))
         child.start()
@@ -49,5 +52,8 @@ def test_lower_priority_renices_the_calling_thread_and_what_it_starts_only():
     thread = threading.Thread(target=model_thread)
     thread.start()
     thread.join()
-    assert seen == {"self": base + 3, "child": base + 3}
+    seen["pool"] = os.getpriority(os.PRIO_PROCESS, pool.native_id)
+    pool_done.set()
+    pool.join()
+    assert seen == {"self": base + 3, "child": base + 3, "pool": base + 3}
     assert os.getpriority(os.PRIO_PROCESS, 0) == base      # the web tier's threads keep theirs

@@ -99,6 +99,11 @@ class LiteRTClassifier:
         finally:
             self._local.helper_cpu_s = max(0.0, native_threads.cpu_s(self._solo_helpers) - before)
 
+    @property
+    def helper_threads(self) -> tuple[int, ...]:
+        """The native ids of the solo interpreter's pool threads (the worker renices them with its own)."""
+        return self._solo_helpers
+
     def helper_cpu_s(self) -> float:
         """CPU seconds the interpreter's own threads spent on this thread's last predict call."""
         return getattr(self._local, "helper_cpu_s", 0.0)

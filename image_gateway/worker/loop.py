@@ -5,6 +5,7 @@ model; `model_host.ModelHost` keeps a group per served version; `classify_worker
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -30,11 +31,16 @@ def new_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
 
-def lower_priority(nice: int) -> None:
-    """This thread (and threads it starts later) at `nice` more than the process: where the web tier shares
-    the cores, a request's own steps (refusals, decoding, answers) then come before a model's next batch."""
-    if nice > 0:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), os.getpriority(os.PRIO_PROCESS, 0) + nice)
+def lower_priority(nice: int, thread_ids: tuple[int, ...] = ()) -> None:
+    """This thread (and threads it starts later) and `thread_ids` (a runtime's own threads) at `nice` more
+    than the process: where the web tier shares the cores, a request's own steps (refusals, decoding,
+    answers) then come before a model's next batch."""
+    if nice <= 0:
+        return
+    target = os.getpriority(os.PRIO_PROCESS, 0) + nice
+    for thread_id in (threading.get_native_id(), *thread_ids):
+        with contextlib.suppress(ProcessLookupError):     # a runtime's thread that has ended
+            os.setpriority(os.PRIO_PROCESS, thread_id, target)
 
 
 class Claimed:
@@ -101,7 +107,8 @@ class Worker:
                    threading.Thread(target=self._claim_loop, name="claim", daemon=True)]
         [thread.start() for thread in threads]
         log.info("worker started", extra={"worker": self.worker_id, "model": self.queue.model})
-        lower_priority(self.config.worker_nice)   # the model's calls only: heartbeats and claims keep theirs
+        # the model's threads only (its runtime's pool too): heartbeats and claims keep their priority
+        lower_priority(self.config.worker_nice, getattr(self.classifier, "helper_threads", ()))
         self._retrying(self._predict_once)
         threads[1].join()
         self._release()
