@@ -2,7 +2,8 @@
 
 With REDIS_URL (or REDIS_URL_FILE) set it uses that Redis instead; `--no-worker` serves the web tier
 alone. The models run in a child process (worker/child.py: two GILs instead of one), which this one
-starts, waits for, restarts if it dies, and stops. Its own Redis keeps its data in DATA_DIR
+starts, waits for, restarts if it dies, and stops; EMBEDDED_WORKER=thread runs them as threads of this
+process instead (one process, less memory, slower on a busy CPU). Its own Redis keeps its data in DATA_DIR
 (append-only file, fsync every second), so queued work, tasks and results survive a restart, and is
 private: a random password, and a user without the @dangerous commands (CONFIG, FLUSHALL, SHUTDOWN
 ...); the password reaches only this process and its worker child (through a pipe). The web server is
@@ -38,16 +39,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-worker", action="store_true", help="web tier only: no worker process")
     args = parser.parse_args(argv)
     config = redis_url.resolve(dataclasses.replace(config, host=args.host, port=args.port))
-    startup.prepare(config, web=True, worker=False)
+    in_process = not args.no_worker and config.embedded_worker == "thread"
+    startup.prepare(config, web=True, worker=in_process)
     embedded_redis = None
     if not config.redis_url:
         embedded_redis, config = start_redis(config)
     check_memory_policy(config)
     workers = app = None
     try:
-        workers = None if args.no_worker else WorkerChild(config).start()
+        workers = None if args.no_worker else start_workers(config, in_process)
         app = create_app(config)
-        if workers:
+        if isinstance(workers, WorkerChild):
             metrics.include_worker_child(workers.metrics_url)
         app.extensions["feeder"].start()
         serve(app, config)
@@ -58,6 +60,14 @@ def main(argv: list[str] | None = None) -> None:
             workers.stop(config.request_timeout)
         if embedded_redis:
             embedded_redis.close()
+
+
+def start_workers(config: Settings, in_process: bool):
+    """The models' workers, loaded (`.stop(timeout_s)` ends them): a child process, or threads of this one."""
+    if in_process:
+        from image_gateway.worker import host  # the runtimes load in this process
+        return host.start_workers(config)
+    return WorkerChild(config).start()
 
 
 def data_dir(config: Settings) -> str | None:

@@ -52,6 +52,8 @@ class Settings:
     batch_wait_ms: float = 0.0              # how long a worker waits for more jobs when a batch is not full
     worker_threads: int = 0                 # batches one worker process predicts at once; 0: one per CPU core
     worker_nice: int = 19                   # niceness added to the model threads (web tier first on shared cores)
+    embedded_worker: str = "process"        # `python run_server.py`'s models: "process" (a child: its own GIL) or
+                                            # "thread" (threads of the web process: one process, less memory)
     model_threads: int = 1                  # threads of one predict call (TensorFlow intra-op); 0: framework default
     # Request handling (web tier).
     request_timeout: float = 10.0           # s: the handler answers 504 after this; also the job's deadline
@@ -157,6 +159,8 @@ def validate(settings: Settings) -> None:
         raise ValueError(f"RUNTIME must be one of {', '.join(RUNTIMES)}")
     if settings.wire_dtype not in ("uint8", "float32"):
         raise ValueError("WIRE_DTYPE must be uint8 or float32")
+    if settings.embedded_worker not in ("process", "thread"):
+        raise ValueError("EMBEDDED_WORKER must be process or thread")
     if min(settings.batch_size, settings.queue_limit, settings.web_threads, settings.max_large_decodes) < 1:
         raise ValueError("BATCH_SIZE, QUEUE_LIMIT, WEB_THREADS and MAX_LARGE_DECODES must be >= 1")
     if settings.request_timeout <= 0 or settings.heartbeat_ttl <= settings.heartbeat_interval:

@@ -227,9 +227,11 @@ def test_the_embedded_default_runs_its_models_in_a_child_process_it_restarts(tmp
     assert children_of(server.pid) == [] and "exited with code -9; starting it again" in log_path.read_text()
 
 
-def test_one_command_default_runs_embedded_redis_and_a_worker(tmp_path):
+@pytest.mark.parametrize("where", ["process", "thread"])
+def test_one_command_default_runs_embedded_redis_and_a_worker(tmp_path, where):
     port = free_port()
-    env = {**config_env(make_config(None)), "PORT": str(port), "DATA_DIR": str(tmp_path / "data")}
+    env = {**config_env(make_config(None)), "PORT": str(port), "DATA_DIR": str(tmp_path / "data"),
+           "EMBEDDED_WORKER": where}
     env.pop("REDIS_URL", None)
     server = subprocess.Popen([sys.executable, str(ROOT / "run_server.py")], env=env, cwd=ROOT,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -242,6 +244,8 @@ def test_one_command_default_runs_embedded_redis_and_a_worker(tmp_path):
                 assert server.poll() is None, server.stdout.read().decode()
                 return False
         wait_for(ready, 120, 0.25, "the embedded gateway to be ready")
+        workers = [pid for pid in children_of(server.pid) if "image_gateway.worker.main" in cmdline(pid)]
+        assert len(workers) == (1 if where == "process" else 0)
         with requests.Session() as session:              # keep-alive: one connection, two answers
             for _ in range(2):
                 response = session.post(f"{url}/predict", files={"image": (DATA / "cat.jpg").read_bytes()}, timeout=30)
