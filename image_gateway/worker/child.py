@@ -66,6 +66,9 @@ class WorkerChild:
             self.process = processes.start([sys.executable, "-m", "image_gateway.worker.main"], env=env,
                                            inherit_output=True, pass_fds=(url_read, ready_write),
                                            new_session=True, die_with_parent=True)
+        except BaseException:
+            os.close(ready_read)
+            raise
         finally:
             os.close(url_read)
             os.close(ready_write)
