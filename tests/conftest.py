@@ -147,7 +147,11 @@ def children_of(pid: int) -> list[int]:
 
 
 def cmdline(pid: int) -> str:
-    return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    """`pid`'s command line, or "" once it has exited (a child listed a moment ago may be reaped by now)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except FileNotFoundError:
+        return ""
 
 
 def wait_for(predicate, timeout_s: float, interval_s: float = 0.05, message: str = "condition"):
