@@ -96,6 +96,9 @@ class ServerThread:
         finally:
             if feeder:     # an old test's app must not feed the next test's tasks, nor outlive (and log) its Redis
                 feeder.stop(wait_s=5)
+            gateway = getattr(self.server.wsgi_app, "extensions", {}).get("gateway")
+            if gateway:    # its Redis connections close now, not whenever the garbage collector finds them
+                gateway.tasks.client.close()
 
 
 class WorkerThread:

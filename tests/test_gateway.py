@@ -265,6 +265,8 @@ def test_one_command_default_runs_embedded_redis_and_a_worker(tmp_path, where):
     answer.begin()
     assert answer.status == 200
     assert json.loads(answer.read())["predictions"][0]["label"] in EXPECTED["coffee.jpg"]
+    in_flight.close()
     assert server.wait(30) == 0
+    server.stdout.close()
     children = subprocess.run(["pgrep", "-P", str(server.pid)], capture_output=True, text=True).stdout
     assert children == ""                               # the embedded redis-server is gone too

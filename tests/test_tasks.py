@@ -149,6 +149,7 @@ def test_a_task_survives_a_worker_kill_and_a_web_server_restart(redis_url, gatew
         task_id = submit(web.url, tiny_jpegs(120)).json()["task_id"]
         wait_for(lambda: report(web.url, task_id, limit=0)["done"] >= 10, 120, 0.1, message="the task started")
         os.kill(worker.pid, signal.SIGKILL)                       # worker dies mid-task
+        worker.wait(10)
         web.stop()                                                # and the web server that took the task
         worker = start_worker_process(config, ARTIFACTS / "task-worker-2.log")
         web = ServerThread(create_app(config), config)            # a new one picks the task up
