@@ -85,6 +85,8 @@ class Worker:
                  version: str = "1"):
         self.config = config
         self.classifier = classifier
+        # CPU a runtime's own threads (LiteRT's pool) spent on this thread's last predict call
+        self.helper_cpu_s = getattr(classifier, "helper_cpu_s", lambda: 0.0)
         self.version = version
         self.queue = protocol.JobQueue(client, classifier.spec.name, config.key_prefix, version,
                                        cache_max_bytes=int(config.cache_max_mb * 2**20))
@@ -213,8 +215,7 @@ class Worker:
             outputs = answer_fields(self.classifier, jobs)
             self.last_inference_s = time.perf_counter() - started
             metrics.INFERENCE.labels(self.queue.model, self.version).observe(self.last_inference_s)
-            helpers = getattr(self.classifier, "helper_cpu_s", None)     # a runtime's own threads (LiteRT's pool)
-            cpu_s = time.thread_time() - cpu_started + (helpers() if helpers else 0.0)
+            cpu_s = time.thread_time() - cpu_started + self.helper_cpu_s()
             metrics.MODEL_CPU.labels(self.queue.model, self.version).inc(cpu_s)
         except Exception:
             log.exception("inference failed for a batch of %d", len(jobs))
