@@ -161,7 +161,8 @@ def main(argv: list[str] | None = None) -> None:
                                capture_output=True)
     result = {"current": summarise(rows["current"])}
     if args.baseline:
-        steps = (result["current"]["decode_cpu_ms"], result["current"]["model_cpu_ms"])
+        counted = all(row["decode_cpu_ms"] is not None for row in rows["baseline"])
+        steps = None if counted else (result["current"]["decode_cpu_ms"], result["current"]["model_cpu_ms"])
         result["baseline"] = {"ref": args.baseline, **summarise(rows["baseline"], steps)}
         result["server_cpu_ratio"] = round(result["current"]["server_cpu_ms_per_image"]
                                            / result["baseline"]["server_cpu_ms_per_image"], 3)
