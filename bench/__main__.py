@@ -233,7 +233,7 @@ def main(argv: list[str] | None = None) -> None:
         result["compare_speedup"] = report.speedups(result, compare)
     if not args.no_int8:
         from bench import int8
-        result.update(int8.measure(args, config, pool, recipe, result))
+        result.update(int8.measure(args, config, pool, recipe, photos, result))
     result["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     print()
     print(report.format_table(result))

@@ -5,7 +5,9 @@
 Alone it measures the models only. `python -m bench` (unless --no-int8) calls `measure` after its fp32
 sweep: these figures from a child process (a conversion imports TensorFlow there, never in the bench
 process), then `python run_server.py` with MODEL=<model>_int8 swept at 16 clients on the same photo
-pool, so `int8_gateway_images_per_s` and the fp32 gateway's 16-client figure come from one run.
+pool, so `int8_gateway_images_per_s` and the fp32 gateway's 16-client figure come from one run, and the
+decode+model pipeline with the int8 model on the fp32 run's photos (`int8_pipeline_images_per_s`,
+`int8_ratio_pipeline`: the int8 gateway against it, as `ratio_pipeline` is for fp32).
 
 - int8_top1_agreement, int8_fp32_top1_in_top3: the figures the conversion's accuracy check measured
   (models/quantize.py), read from the cached file's .check.json.
@@ -103,8 +105,11 @@ def figures_in_child(model: str, cache_dir: str, seconds: float) -> dict:
         return json.loads(out.read_text())
 
 
-def measure(args: argparse.Namespace, config: settings_module.Settings, pool, recipe, result: dict) -> dict:
-    """The int8 keys of the bench JSON: the figures, and (unless --url) the int8 gateway at 16 clients."""
+def measure(args: argparse.Namespace, config: settings_module.Settings, pool, recipe, photos: list[bytes],
+            result: dict) -> dict:
+    """The int8 keys of the bench JSON: the figures, the int8 pipeline and (unless --url) the int8 gateway
+    at 16 clients."""
+    from bench import pipeline
     from bench.gateway import Gateway
     from bench.sweep import sweep
 
@@ -116,8 +121,14 @@ def measure(args: argparse.Namespace, config: settings_module.Settings, pool, re
     log(f"int8: agreement {figures['int8_top1_agreement']}, in top-3 {figures['int8_fp32_top1_in_top3']}; 1 thread "
         f"{figures['fp32_ms_per_image_1_thread']} -> {figures['int8_ms_per_image_1_thread']} ms; raw "
         f"{figures['fp32_raw_images_per_s']} -> {figures['int8_raw_images_per_s']} images/s")
+    batch_sizes = sorted({1, 8, config.batch_size})
+    figures["pipeline"] = pipeline.measure_pipeline(photos, batch_sizes, args.raw_seconds,
+                                                    env={"MODEL": figures["model"]})
+    log(f"int8 pipeline (decode+resize+model, no server): {figures['pipeline']['images_per_s']:.1f} images/s at batch "
+        f"{figures['pipeline']['best_batch_size']} (fp32 {result.get('pipeline_images_per_s')})")
     keys = {"int8_top1_agreement": figures["int8_top1_agreement"],
-            "int8_fp32_top1_in_top3": figures["int8_fp32_top1_in_top3"], "int8": figures}
+            "int8_fp32_top1_in_top3": figures["int8_fp32_top1_in_top3"],
+            "int8_pipeline_images_per_s": figures["pipeline"]["images_per_s"], "int8": figures}
     if args.url:
         return keys
     gateway = Gateway(Path(args.json).with_suffix(".int8.gateway.log"), {"MODEL": figures["model"]}).start()
@@ -133,7 +144,8 @@ def measure(args: argparse.Namespace, config: settings_module.Settings, pool, re
                    gateway_speedup=round(level["images_per_s"] / fp32_level, 3) if fp32_level else None)
     log(f"int8 gateway at {LEVEL} clients: {level['images_per_s']:.1f} images/s (fp32 {fp32_level}), "
         f"errors {level.get('errors')}")
-    return {**keys, "int8_gateway_images_per_s": level["images_per_s"]}
+    return {**keys, "int8_gateway_images_per_s": level["images_per_s"],
+            "int8_ratio_pipeline": round(level["images_per_s"] / figures["pipeline"]["images_per_s"], 3)}
 
 
 def main(argv: list[str] | None = None) -> None:

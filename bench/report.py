@@ -152,6 +152,16 @@ def _summary_lines(result: dict) -> list[str]:
                  f"  p50 at c=1 {_fmt(result['p50_ms_c1'], 0).strip()} ms"
                  f" (model + decode + {_fmt(result.get('p50_c1_over_model_and_decode_ms'), 0).strip()})"
                  f"  errors {result['errors']}")
+    int8 = result.get("int8") or {}
+    if int8:
+        lines.append(f"int8:      {int8.get('model')}: "
+                     f"raw {_fmt(int8.get('int8_raw_images_per_s'), 0).strip()} images/s"
+                     f" (fp32 {_fmt(int8.get('fp32_raw_images_per_s'), 0).strip()}, 1-thread interpreters)"
+                     f"  pipeline {_fmt(result.get('int8_pipeline_images_per_s'), 0).strip()}"
+                     f"  gateway {_fmt(result.get('int8_gateway_images_per_s'), 0).strip()} at c=16"
+                     f"  ratio_pipeline {_fmt(result.get('int8_ratio_pipeline'), 0, 3).strip()}"
+                     f"  top-1 agreement {_fmt(result.get('int8_top1_agreement'), 0, 3).strip()}"
+                     f"  fp32 top-1 in top-3 {_fmt(result.get('int8_fp32_top1_in_top3'), 0, 3).strip()}")
     return lines
 
 

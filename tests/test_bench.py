@@ -196,6 +196,13 @@ def test_report_has_the_issue_keys_and_draws_a_png(tmp_path):
     assert png_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     table = report.format_table(result)
     assert "145.0" in table and "ratio 0.906" in table
+    assert "int8:" not in table
+    result.update(int8={"model": "fake_int8", "int8_raw_images_per_s": 300.0, "fp32_raw_images_per_s": 160.0},
+                  int8_pipeline_images_per_s=200.0, int8_gateway_images_per_s=150.0, int8_ratio_pipeline=0.75,
+                  int8_top1_agreement=0.9, int8_fp32_top1_in_top3=1.0)
+    line = next(line for line in report.format_table(result).splitlines() if line.startswith("int8:"))
+    assert "raw 300.0 images/s (fp32 160.0" in line and "pipeline 200.0" in line and "gateway 150.0" in line
+    assert "ratio_pipeline 0.750" in line and "top-1 agreement 0.900" in line
 
 
 def test_cpu_accounting_and_metrics_helpers():

@@ -226,3 +226,14 @@ def test_bench_int8_measures_both_models_from_the_cache(converted):
     assert figures["fp32_ms_per_image_1_thread"] > 0 and figures["int8_ms_per_image_1_thread"] > 0
     assert figures["int8_raw_images_per_s"] > 0 and figures["model"] == LITE0_INT8
     assert bench_int8.int8_name(LITE0) == LITE0_INT8 and bench_int8.int8_name("resnet50") is None
+
+
+def test_bench_int8_pipeline_decodes_and_runs_the_int8_model(converted):
+    """int8_pipeline_images_per_s: the pipeline's processes load the int8 twin from the cache (LiteRT)."""
+    from bench import loadgen, pipeline
+    cache_dir, _ = converted
+    photos = loadgen.make_photos(0, 4)
+    result = pipeline.measure_pipeline(photos, [1, 2], 0.3, processes_count=1,
+                                       env={"MODEL": LITE0_INT8, "LITERT_CACHE_DIR": str(cache_dir)})
+    assert result["runtime"] == "litert" and result["images_per_s"] > 0
+    assert set(result["rows"]) == {"1", "2"} and all(row["images"] >= 1 for row in result["rows"].values())
