@@ -27,12 +27,34 @@ def test_take_waits_for_a_fuller_batch_only_as_long_as_asked():
     assert time.monotonic() - started < 1.5                            # returned when full, not at 2 s
 
 
-def test_room_blocks_while_full_and_frees_on_take():
+def test_the_claim_thread_claims_when_the_model_asks():
+    claimed = Claimed(capacity=4)
+    assert claimed.room(timeout_s=0.05) == 0                  # nobody asked: no claim ahead of the model
+    threading.Timer(0.05, lambda: claimed.take(4, timeout_s=2)).start()
+    assert claimed.room(timeout_s=2) == 4                     # the model waits with nothing: claim a batch
+    claimed.add([1])                                          # what the claim brought goes to the waiting model
+    deadline = time.monotonic() + 2
+    while claimed.items and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert claimed.items == [] and claimed.room(timeout_s=0.05) == 0   # a partial batch: ask again when free
+
+    claimed.add([1, 2, 3])
+    assert claimed.take(4, timeout_s=0) == [1, 2, 3] and claimed.room(timeout_s=0.05) == 0
+
+
+def test_a_full_batch_claims_the_next_one_while_the_model_runs():
     claimed = Claimed(capacity=2)
     claimed.add([1, 2])
-    assert claimed.room(timeout_s=0.05) == 0
-    threading.Timer(0.05, lambda: claimed.take(1, timeout_s=0)).start()
-    assert claimed.room(timeout_s=2) == 1
+    assert claimed.room(timeout_s=0.05) == 0                  # full: no room
+    assert claimed.take(2, timeout_s=0) == [1, 2]
+    assert claimed.room(timeout_s=0.05) == 2                  # the queue is deep: fetch the next batch now
+
+
+def test_a_model_waiting_for_a_fuller_batch_asks_for_more():
+    claimed = Claimed(capacity=4)
+    claimed.add([1])
+    threading.Timer(0.05, lambda: claimed.take(4, timeout_s=2, more_within_s=2)).start()
+    assert claimed.room(timeout_s=2) == 3
 
 
 def test_lower_priority_renices_the_calling_thread_what_it_starts_and_the_runtimes_threads_only():

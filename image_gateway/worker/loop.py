@@ -44,38 +44,55 @@ def lower_priority(nice: int, thread_ids: tuple[int, ...] = ()) -> None:
 
 
 class Claimed:
-    """Jobs claimed from Redis and decoded ahead of the model, oldest first.
+    """Jobs claimed from Redis and decoded for the model, oldest first.
 
-    A claim thread fills it while the model predicts the previous batch, so the next batch is
-    deserialised by the time the model is free. It holds at most one batch, so a worker never
-    hoards jobs that another worker could serve.
+    The claim thread claims when the model asks (`take` waits with nothing, or for a fuller batch), so one
+    CLAIM script and one MGET bring every job that queued while the model was busy, instead of a BLMOVE,
+    an MGET and an empty CLAIM for each job as it arrives. After a full batch it claims the next one at
+    once, while the model runs: the queue is deep then, so one claim brings a whole batch, and a model
+    with large batches (a GPU) does not wait for it. It holds at most one batch, so a worker never hoards
+    jobs that another worker could serve.
     """
 
     def __init__(self, capacity: int):
         self.capacity = capacity
         self.items: list[protocol.Job] = []
+        self.wanted = False                     # the model waits for jobs that the claim thread has not brought
         self.changed = threading.Condition()
 
     def room(self, timeout_s: float) -> int:
-        """Wait until there is room for more; how much."""
+        """Wait until the model asks for jobs; how many fit (0 when it did not ask within `timeout_s`)."""
         with self.changed:
-            self.changed.wait_for(lambda: len(self.items) < self.capacity, timeout_s)
+            if not self.changed.wait_for(lambda: self.wanted and len(self.items) < self.capacity, timeout_s):
+                return 0
             return self.capacity - len(self.items)
 
     def add(self, items: list[protocol.Job]) -> None:
+        if not items:
+            return
         with self.changed:
             self.items += items
+            self.wanted = False
             self.changed.notify_all()
 
     def take(self, count: int, timeout_s: float, more_within_s: float = 0.0) -> list[protocol.Job]:
         """Up to `count` oldest items; waits `timeout_s` for the first, `more_within_s` for the rest."""
         with self.changed:
-            self.changed.wait_for(lambda: self.items, timeout_s)
+            self._want(lambda: self.items, timeout_s)
             if self.items and more_within_s > 0:
-                self.changed.wait_for(lambda: len(self.items) >= count, more_within_s)
+                self._want(lambda: len(self.items) >= count, more_within_s)
             taken, self.items = self.items[:count], self.items[count:]
+            self.wanted = len(taken) >= count           # a full batch: the next one is likely waiting
             self.changed.notify_all()
             return taken
+
+    def _want(self, done, timeout_s: float) -> None:
+        """Wait (holding the condition) until `done()` or `timeout_s`, asking the claim thread for jobs."""
+        deadline = time.monotonic() + timeout_s
+        while not done() and (remaining := deadline - time.monotonic()) > 0:
+            self.wanted = True
+            self.changed.notify_all()
+            self.changed.wait(remaining)
 
 
 class Worker:
