@@ -57,11 +57,11 @@ class Claimed:
     def __init__(self, capacity: int):
         self.capacity = capacity
         self.items: list[protocol.Job] = []
-        self.wanted = False                     # the model waits for jobs that the claim thread has not brought
+        self.wanted = False                     # the model waits for jobs, or its last batch was full
         self.changed = threading.Condition()
 
     def room(self, timeout_s: float) -> int:
-        """Wait until the model asks for jobs; how many fit (0 when it did not ask within `timeout_s`)."""
+        """Wait until the model wants jobs; how many fit (0 when it did not want any within `timeout_s`)."""
         with self.changed:
             if not self.changed.wait_for(lambda: self.wanted and len(self.items) < self.capacity, timeout_s):
                 return 0
