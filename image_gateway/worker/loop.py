@@ -51,7 +51,7 @@ class Claimed:
     an MGET and an empty CLAIM for each job as it arrives. After a full batch it claims the next one at
     once, while the model runs: the queue is deep then, so one claim brings a whole batch, and a model
     with large batches (a GPU) does not wait for it. It holds at most one batch, so a worker never hoards
-    jobs that another worker could serve.
+    jobs that another worker could serve, and below a full batch a busy worker holds none.
     """
 
     def __init__(self, capacity: int):
